@@ -1,0 +1,1 @@
+"""Datasets: the pattern generator (plain torch) and LightningDataModules."""

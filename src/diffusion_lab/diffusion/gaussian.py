@@ -1,0 +1,172 @@
+"""The forward process q(x_t | x_0), the training objective and the reverse-step quantities.
+
+Everything precomputed is a float32 buffer, so it follows the model to any device and stays
+float32 under autocast.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from diffusion_lab.errors import require
+
+OBJECTIVES = ("eps", "x0", "v")
+LOSS_WEIGHTINGS = ("none", "min_snr")
+
+# model(x_t, t) -> prediction in the parametrisation of the objective
+DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _gather(values: Tensor, t: Tensor, ndim: int) -> Tensor:
+    """values[t] reshaped to broadcast against a batch of images of `ndim` dims."""
+    return values.gather(0, t).reshape(-1, *([1] * (ndim - 1)))
+
+
+class GaussianDiffusion(nn.Module):
+    """DDPM (Ho et al. 2020) with a choice of what the network predicts.
+
+    objective: "eps" (the noise, the paper's default), "x0" (the clean image) or
+    "v" (Salimans & Ho 2022, v = sqrt(ab) eps - sqrt(1-ab) x0).
+    loss_weighting: "none" or "min_snr" (Hang et al. 2023), which weights each timestep as if
+    the loss were on x0 with weight min(SNR, gamma).
+    """
+
+    def __init__(
+        self,
+        betas: Tensor,
+        objective: str = "eps",
+        loss_weighting: str = "none",
+        min_snr_gamma: float = 5.0,
+        clip_x0: bool = True,
+    ) -> None:
+        super().__init__()
+        require(
+            objective in OBJECTIVES,
+            f"diffusion.objective={objective!r} is not one of {list(OBJECTIVES)}",
+        )
+        require(
+            loss_weighting in LOSS_WEIGHTINGS,
+            f"diffusion.loss_weighting={loss_weighting!r} is not one of {list(LOSS_WEIGHTINGS)}",
+        )
+        require(betas.ndim == 1 and len(betas) >= 2, "betas must be a 1-D tensor of length >= 2")
+        require(
+            bool(((betas > 0) & (betas < 1)).all()),
+            f"every beta must be in (0, 1); got min {betas.min():.3g}, max {betas.max():.3g}",
+        )
+        self.objective = objective
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = float(min_snr_gamma)
+        self.clip_x0 = clip_x0
+        self.num_timesteps = len(betas)
+
+        b = betas.double()
+        alphas = 1 - b
+        alpha_bar = torch.cumprod(alphas, 0)
+        alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+        posterior_var = b * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        buffers = {
+            "betas": b,
+            "alphas": alphas,
+            "alpha_bar": alpha_bar,
+            "alpha_bar_prev": alpha_bar_prev,
+            "sqrt_alpha_bar": alpha_bar.sqrt(),
+            "sqrt_one_minus_alpha_bar": (1 - alpha_bar).sqrt(),
+            "snr": alpha_bar / (1 - alpha_bar),
+            "posterior_var": posterior_var,
+            # log of the variance with the t=0 entry (which is 0) replaced, as in the paper's code
+            "posterior_log_var": torch.log(torch.cat([posterior_var[1:2], posterior_var[1:]])),
+            "posterior_coef_x0": b * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+            "posterior_coef_xt": (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.float(), persistent=False)
+
+    # ---- forward process -------------------------------------------------------------------
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise."""
+        return (
+            _gather(self.sqrt_alpha_bar, t, x0.ndim) * x0
+            + _gather(self.sqrt_one_minus_alpha_bar, t, x0.ndim) * noise
+        )
+
+    def target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        if self.objective == "eps":
+            return noise
+        if self.objective == "x0":
+            return x0
+        return (
+            _gather(self.sqrt_alpha_bar, t, x0.ndim) * noise
+            - _gather(self.sqrt_one_minus_alpha_bar, t, x0.ndim) * x0
+        )
+
+    # ---- conversions between parametrisations ----------------------------------------------
+    def split_prediction(self, out: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(predicted x0, predicted eps) from the network output; x0 optionally clipped to [-1, 1]."""
+        out = out.float()
+        sa = _gather(self.sqrt_alpha_bar, t, x_t.ndim)
+        s1 = _gather(self.sqrt_one_minus_alpha_bar, t, x_t.ndim)
+        if self.objective == "eps":
+            x0 = (x_t - s1 * out) / sa
+        elif self.objective == "x0":
+            x0 = out
+        else:
+            x0 = sa * x_t - s1 * out
+        if self.clip_x0:
+            x0 = x0.clamp(-1, 1)
+        if self.objective == "eps" and not self.clip_x0:
+            return x0, out
+        # eps consistent with the (possibly clipped) x0
+        return x0, (x_t - sa * x0) / s1
+
+    # ---- training loss ---------------------------------------------------------------------
+    def loss_weights(self, t: Tensor) -> Tensor:
+        if self.loss_weighting == "none":
+            return torch.ones_like(t, dtype=torch.float32)
+        snr = self.snr.gather(0, t)
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        # min-SNR-gamma expressed for each parametrisation (Hang et al. 2023, eq. 8-10)
+        if self.objective == "eps":
+            return clipped / snr
+        if self.objective == "x0":
+            return clipped
+        return clipped / (snr + 1)
+
+    def training_losses(
+        self,
+        model: Callable[[Tensor, Tensor], Tensor],
+        x0: Tensor,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        loss_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Per-sample weighted MSE between the network output and the objective's target.
+
+        `model(x_t, t)` is the network with its conditioning already bound. `loss_mask`
+        (broadcastable to x0, 1 = counts) restricts the loss to a region, e.g. the unknown
+        pixels of an inpainting task. Returns (per-sample loss [B], t [B]).
+        """
+        b = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (b,), device=x0.device, generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_t = self.q_sample(x0, t, noise)
+        out = model(x_t, t).float()
+        sq = (out - self.target(x0, t, noise)) ** 2
+        if loss_mask is None:
+            per_sample = sq.flatten(1).mean(1)
+        else:
+            m = loss_mask.expand_as(sq).flatten(1)
+            per_sample = (sq.flatten(1) * m).sum(1) / m.sum(1).clamp(min=1)
+        return per_sample * self.loss_weights(t), t
+
+    # ---- reverse process -------------------------------------------------------------------
+    def p_mean_var(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of the posterior q(x_{t-1} | x_t, x0)."""
+        mean = (
+            _gather(self.posterior_coef_x0, t, x_t.ndim) * x0
+            + _gather(self.posterior_coef_xt, t, x_t.ndim) * x_t
+        )
+        return mean, _gather(self.posterior_log_var, t, x_t.ndim)

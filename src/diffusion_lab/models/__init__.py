@@ -1,0 +1,8 @@
+"""Denoising networks (plain nn.Modules, no Lightning, no Hydra). All share `forward(x_t, t, cond)`."""
+
+from diffusion_lab.models.attn_unet import AttnUNet
+from diffusion_lab.models.conditioning import Cond, CondEmbedding
+from diffusion_lab.models.course_unet import CourseUNet
+from diffusion_lab.models.gelu_unet import GeluUNet
+
+__all__ = ["AttnUNet", "Cond", "CondEmbedding", "CourseUNet", "GeluUNet"]

@@ -1,0 +1,94 @@
+"""The course's U-Net pair as one configurable class: "basic" and "efficient".
+
+basic:     channels (64, 128, 256), time embedding 64, no middle conv  (~3.7M params at 1 ch)
+efficient: channels (24, 48, 96), time embedding 192, middle 3x3 conv  (~0.68M params)
+
+Each level: conv3x3 -> ReLU -> BatchNorm -> + time projection -> conv3x3 -> ReLU -> BatchNorm,
+then a strided 4x4 conv (down) or a transposed 4x4 conv (up); skips are concatenated.
+"""
+
+import torch
+from torch import Tensor, nn
+
+from diffusion_lab.models.conditioning import (
+    Cond,
+    CondEmbedding,
+    check_image_size,
+    sinusoidal_embedding,
+)
+
+
+class _Block(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, time_dim: int, up: bool) -> None:
+        super().__init__()
+        self.time_proj = nn.Linear(time_dim, out_ch)
+        self.conv1 = nn.Conv2d(2 * in_ch if up else in_ch, out_ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.norm1 = nn.BatchNorm2d(out_ch)
+        self.norm2 = nn.BatchNorm2d(out_ch)
+        self.act = nn.ReLU()
+        self.resample = (
+            nn.ConvTranspose2d(out_ch, out_ch, 4, 2, 1)
+            if up
+            else nn.Conv2d(out_ch, out_ch, 4, 2, 1)
+        )
+
+    def forward(self, x: Tensor, t_emb: Tensor) -> Tensor:
+        h = self.norm1(self.act(self.conv1(x)))
+        h = h + self.act(self.time_proj(t_emb))[:, :, None, None]
+        h = self.norm2(self.act(self.conv2(h)))
+        return self.resample(h)
+
+
+class CourseUNet(nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        channels: tuple[int, ...] | list[int] = (64, 128, 256),
+        time_dim: int = 64,
+        middle_conv: bool = False,
+        num_classes: int = 0,
+        attribute_sizes: tuple[int, ...] | list[int] = (),
+        mask_conditioning: bool = False,
+    ) -> None:
+        super().__init__()
+        channels = tuple(channels)
+        check_image_size(image_size, len(channels) - 1)
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.time_dim = time_dim
+        self.cond = CondEmbedding(
+            time_dim, num_classes, attribute_sizes, in_channels + 1 if mask_conditioning else 0
+        )
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.ReLU())
+        self.conv_in = nn.Conv2d(in_channels + self.cond.mask_channels, channels[0], 3, padding=1)
+        self.downs = nn.ModuleList(
+            _Block(channels[i], channels[i + 1], time_dim, up=False)
+            for i in range(len(channels) - 1)
+        )
+        self.middle = (
+            nn.Sequential(nn.Conv2d(channels[-1], channels[-1], 3, padding=1), nn.ReLU())
+            if middle_conv
+            else nn.Identity()
+        )
+        rev = channels[::-1]
+        self.ups = nn.ModuleList(
+            _Block(rev[i], rev[i + 1], time_dim, up=True) for i in range(len(rev) - 1)
+        )
+        self.conv_out = nn.Conv2d(channels[0], in_channels, 1)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
+        t_emb = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype))
+        c_emb = self.cond(cond, x.shape[0], x.device)
+        if c_emb is not None:
+            t_emb = t_emb + c_emb
+        h = self.conv_in(self.cond.extra_input(x, cond))
+        skips = []
+        for block in self.downs:
+            h = block(h, t_emb)
+            skips.append(h)
+        h = self.middle(h)
+        for block in self.ups:
+            h = block(torch.cat([h, skips.pop()], dim=1), t_emb)
+        return self.conv_out(h)

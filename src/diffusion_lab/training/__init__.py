@@ -1,0 +1,1 @@
+"""Lightning glue: the LightningModule, callbacks and the train/sample drivers."""

@@ -1,0 +1,142 @@
+"""Build data, model and LightningModule from a Hydra config; load checkpoints with clear errors."""
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from diffusion_lab.diffusion import GaussianDiffusion, make_betas
+from diffusion_lab.errors import UserError, require
+from diffusion_lab.training.module import DiffusionModule
+
+
+def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with our own errors passed through and Hydra's shortened to a line."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while (
+            cause is not None and not isinstance(cause, UserError) and cause.__cause__ is not None
+        ):
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        first = str(e).strip().splitlines()
+        raise UserError(f"{key}: {first[-1] if first else e}") from None
+
+
+def _number(cfg: DictConfig, key: str, kind: type, low: float, low_inclusive: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return
+    ok_type = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        ok_type = isinstance(value, int) and not isinstance(value, bool)
+    require(ok_type, f"{key}={value!r} must be a{'n integer' if kind is int else ' number'}")
+    ok = value >= low if low_inclusive else value > low
+    require(
+        ok and math.isfinite(value), f"{key}={value} must be {'>=' if low_inclusive else '>'} {low}"
+    )
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cheap checks of the values users most often get wrong, before anything is built."""
+    _number(cfg, "optimizer.lr", float, 0)
+    _number(cfg, "data.batch_size", int, 1, low_inclusive=True)
+    _number(cfg, "schedule.timesteps", int, 2, low_inclusive=True)
+    _number(cfg, "trainer.max_epochs", int, 1, low_inclusive=True)
+    _number(cfg, "data.image_size", int, 1, low_inclusive=True)
+    _number(cfg, "sampler.steps", int, 1, low_inclusive=True)
+    for key in ("schedule.start", "schedule.end"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            _number(cfg, key, float, 0)
+            require(value < 1, f"{key}={value} must be in (0, 1)")
+
+
+def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    betas = make_betas(schedule.pop("name"), **schedule)
+    return GaussianDiffusion(betas, **OmegaConf.to_container(cfg.diffusion, resolve=True))
+
+
+def build_net(cfg: DictConfig) -> torch.nn.Module:
+    """The denoiser, wired to the data shape and the conditioning (one interface for all)."""
+    c = cfg.conditioning
+    return instantiate(
+        cfg.model,
+        "model",
+        in_channels=cfg.data.channels,
+        image_size=cfg.data.image_size,
+        num_classes=cfg.data.num_classes if c.use_labels else 0,
+        attribute_sizes=[2] * len(c.attributes),
+        mask_conditioning=bool(c.get("mask", False)),
+    )
+
+
+def build_module(cfg: DictConfig) -> DiffusionModule:
+    c = cfg.conditioning
+    return DiffusionModule(
+        net=build_net(cfg),
+        diffusion=build_diffusion(cfg),
+        optimizer=instantiate(cfg.optimizer, "optimizer"),
+        lr_scheduler=instantiate(cfg.lr_scheduler, "lr_scheduler")
+        if cfg.get("lr_scheduler")
+        else None,
+        ema_decay=cfg.ema_decay,
+        p_uncond=c.p_uncond,
+        guidance_scale=c.guidance_scale,
+        sampler=OmegaConf.to_container(cfg.sampler, resolve=True),
+        channels_last=cfg.channels_last,
+        compile=cfg.compile,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def build_datamodule(cfg: DictConfig):
+    dm = instantiate(cfg.data, "data")
+    with open_dict(cfg):
+        cfg.data.num_classes = dm.num_classes  # an image folder infers it from its subfolders
+    return dm
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    require(path.is_file(), f"ckpt_path={path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, pickle garbage, ...
+        raise UserError(
+            f"ckpt_path={path} is not a readable checkpoint ({type(e).__name__})"
+        ) from None
+    require(
+        isinstance(ckpt, dict) and "state_dict" in ckpt and "diffusion_lab_config" in ckpt,
+        f"ckpt_path={path} is not a diffusion-lab checkpoint (no state_dict / config inside)",
+    )
+    return ckpt
+
+
+def load_module(path: str | Path) -> tuple[DiffusionModule, DictConfig]:
+    """Rebuild the LightningModule a checkpoint was trained with and load its weights."""
+    ckpt = read_checkpoint(path)
+    cfg = OmegaConf.create(ckpt["diffusion_lab_config"])
+    module = build_module(cfg)
+    check_state_dict(module, ckpt["state_dict"], path)
+    module.load_state_dict(ckpt["state_dict"])
+    return module, cfg
+
+
+def check_state_dict(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path
+) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or mismatched:
+        what = f"missing {missing[0]}" if missing else f"shape of {mismatched[0]} differs"
+        raise UserError(f"ckpt_path={path} was trained with a different model config ({what})")

@@ -1,0 +1,95 @@
+"""Callbacks: fixed-seed sample grids, and throughput / run-summary bookkeeping."""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+from torchvision.utils import make_grid, save_image
+
+
+def tensorboard(trainer: pl.Trainer):
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class SampleGrid(pl.Callback):
+    """Samples a fixed-seed grid every `every_n_epochs` and at the end; PNG + TensorBoard image.
+
+    For a class-conditional model each row is one class.
+    """
+
+    def __init__(
+        self, output_dir: str, n: int = 64, every_n_epochs: int = 5, seed: int = 0
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.n, self.every_n_epochs, self.seed = n, every_n_epochs, seed
+
+    def _grid(self, module) -> tuple[torch.Tensor, int]:
+        k = module.num_classes
+        per_class = max(1, self.n // k) if k else 0
+        labels = torch.arange(k).repeat_interleave(per_class) if k else None
+        n = len(labels) if k else self.n
+        images = module.generate(n, labels=labels, seed=self.seed)
+        nrow = per_class if k else int(n**0.5)
+        return (images.float().cpu() + 1) / 2, nrow
+
+    @rank_zero_only
+    def _save(self, trainer: pl.Trainer, module, name: str) -> None:
+        images, nrow = self._grid(module)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_image(images, self.output_dir / f"{name}.png", nrow=nrow, padding=1, pad_value=1.0)
+        tb = tensorboard(trainer)
+        if tb is not None:
+            tb.add_image(
+                "samples",
+                make_grid(images, nrow=nrow, padding=1, pad_value=1.0),
+                trainer.global_step,
+            )
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module) -> None:
+        epoch = trainer.current_epoch + 1
+        if trainer.sanity_checking or self.every_n_epochs <= 0 or epoch % self.every_n_epochs:
+            return
+        self._save(trainer, module, f"epoch_{epoch:03d}")
+
+    def on_train_end(self, trainer: pl.Trainer, module) -> None:
+        self._save(trainer, module, "final")
+
+
+class Throughput(pl.Callback):
+    """Training images per second, timed over training batches only (not validation)."""
+
+    def __init__(self, warmup_batches: int = 3) -> None:
+        self.warmup = warmup_batches
+        self.reset()
+
+    def reset(self) -> None:
+        self.images, self.seconds, self.batches, self._t0 = 0, 0.0, 0, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+        if self._t0 is not None and self.batches > self.warmup:
+            self.seconds += time.perf_counter() - self._t0
+            self.images += len(batch["image"]) * trainer.world_size
+
+    @property
+    def images_per_sec(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write via a temporary file and a rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)

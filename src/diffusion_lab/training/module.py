@@ -1,0 +1,247 @@
+"""The LightningModule: a denoiser + a GaussianDiffusion + the optimiser, EMA and sampling."""
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from diffusion_lab.diffusion import GaussianDiffusion, sample
+from diffusion_lab.diffusion.guidance import bind, classifier_free
+from diffusion_lab.errors import require
+from diffusion_lab.models import Cond
+
+
+def ema_with_warmup(decay: float) -> Callable:
+    """An AveragedModel multi_avg_fn: EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)),
+    so early sample grids are not dominated by the random initial weights."""
+
+    @torch.no_grad()
+    def update(ema_params: list[Tensor], params: list[Tensor], n_averaged: Tensor) -> None:
+        n = float(n_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, 1 - d)
+        else:  # integer buffers (BatchNorm's num_batches_tracked) are copied
+            for e, p in zip(ema_params, params):
+                e.copy_(p)
+
+    return update
+
+
+def bucket_edges(num_timesteps: int, buckets: int) -> list[int]:
+    return [round(i * num_timesteps / buckets) for i in range(buckets + 1)]
+
+
+class DiffusionModule(pl.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        diffusion: GaussianDiffusion,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Callable[..., Any] | None = None,
+        ema_decay: float | None = 0.999,
+        p_uncond: float = 0.0,
+        guidance_scale: float = 1.0,
+        sampler: dict | None = None,
+        timestep_buckets: int = 4,
+        channels_last: bool = False,
+        compile: bool = False,
+        config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        require(0 <= p_uncond < 1, f"conditioning.p_uncond must be in [0, 1), got {p_uncond}")
+        require(
+            ema_decay is None or 0 < ema_decay < 1,
+            f"ema_decay must be in (0, 1) or null, got {ema_decay}",
+        )
+        self.net = net
+        self.diffusion = diffusion
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.p_uncond = p_uncond
+        self.guidance_scale = guidance_scale
+        self.sampler = dict(sampler or {"name": "ddim", "steps": 50, "eta": 0.0})
+        self.channels_last = channels_last
+        self.config = config  # the resolved run config, stored in every checkpoint
+        self.edges = bucket_edges(diffusion.num_timesteps, timestep_buckets)
+        self.ema = None
+        if ema_decay is not None:
+            # torch's AveragedModel keeps the EMA copy; as a submodule it lands in checkpoints
+            self.ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+        if compile:
+            net.compile()  # in place: checkpoint keys stay the same
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # ---- conditioning ------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.net.cond.num_classes
+
+    @property
+    def attribute_sizes(self) -> tuple[int, ...]:
+        return self.net.cond.attribute_sizes
+
+    def cond_from_batch(self, batch: dict[str, Tensor], drop: bool) -> Cond | None:
+        labels = batch["label"] if self.num_classes else None
+        attrs = batch.get("attrs") if self.attribute_sizes else None
+        if labels is None and attrs is None:
+            return None
+        if drop and self.p_uncond > 0:
+            # classifier-free guidance: train the unconditional branch via the null tokens
+            keep = torch.rand(len(batch["image"]), device=self.device) >= self.p_uncond
+            if labels is not None:
+                labels = torch.where(keep, labels, torch.full_like(labels, self.num_classes))
+            if attrs is not None:
+                null = torch.tensor(self.attribute_sizes, device=attrs.device)
+                attrs = torch.where(keep[:, None], attrs, null[None])
+        return Cond(labels=labels, attrs=attrs)
+
+    # ---- training ----------------------------------------------------------------------------
+    def _images(self, batch: dict[str, Tensor]) -> Tensor:
+        x = batch["image"]
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _step(self, batch: dict[str, Tensor], stage: str, net: nn.Module, generator=None) -> Tensor:
+        x0 = self._images(batch)
+        cond = self.cond_from_batch(batch, drop=stage == "train")
+        losses, t = self.diffusion.training_losses(
+            lambda x, tt: net(x, tt, cond), x0, generator=generator
+        )
+        loss = losses.mean()
+        b = len(x0)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            on_step=stage == "train",
+            on_epoch=True,
+            batch_size=b,
+        )
+        for lo, hi in zip(self.edges[:-1], self.edges[1:]):
+            sel = (t >= lo) & (t < hi)
+            n = int(sel.sum())
+            if n:
+                self.log(
+                    f"{stage}/loss_t{lo}-{hi - 1}",
+                    losses[sel].mean(),
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=n,
+                )
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train", self.net)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        # a fixed generator per batch makes validation loss comparable between epochs
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        self._step(batch, "val", self.sampling_net, generator=g)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["diffusion_lab_config"] = self.config
+
+    # ---- sampling ----------------------------------------------------------------------------
+    @property
+    def sampling_net(self) -> nn.Module:
+        """The EMA weights when EMA is on (used for validation and sampling)."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def check_cond(
+        self, labels: Tensor | None, attrs: Tensor | None, guidance_scale: float
+    ) -> None:
+        if labels is not None:
+            require(
+                self.num_classes > 0, "class=...: this model was trained without class conditioning"
+            )
+            bad = labels[(labels < 0) | (labels >= self.num_classes)]
+            require(
+                len(bad) == 0,
+                f"class={bad[0].item() if len(bad) else ''} is outside the trained range 0..{self.num_classes - 1}",
+            )
+        if attrs is not None:
+            require(
+                attrs.shape[1] == len(self.attribute_sizes),
+                f"got {attrs.shape[1]} attribute values; the model was trained with {len(self.attribute_sizes)}",
+            )
+            for i, size in enumerate(self.attribute_sizes):
+                require(
+                    bool(((attrs[:, i] >= 0) & (attrs[:, i] < size)).all()),
+                    f"attribute {i} must be in 0..{size - 1}",
+                )
+        if guidance_scale != 1.0:
+            require(
+                self.num_classes > 0 or len(self.attribute_sizes) > 0,
+                f"guidance_scale={guidance_scale}: classifier-free guidance needs a class- or "
+                "attribute-conditioned model (this one is unconditional)",
+            )
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        n: int,
+        labels: Tensor | None = None,
+        attrs: Tensor | None = None,
+        sampler: dict | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = 0,
+        callback: Callable | None = None,
+    ) -> Tensor:
+        """n images in [-1, 1] from the EMA network. Class/attribute conditioning if given."""
+        w = self.guidance_scale if guidance_scale is None else guidance_scale
+        if labels is None and self.num_classes:
+            labels = torch.arange(n) % self.num_classes  # cycle through the classes
+        if attrs is None and self.attribute_sizes:
+            attrs = torch.zeros(n, len(self.attribute_sizes), dtype=torch.long)
+        self.check_cond(labels, attrs, w)
+        net = self.sampling_net
+        was_training = net.training
+        net.eval()
+        device = self.device
+        cond = Cond(
+            labels=labels.to(device) if labels is not None else None,
+            attrs=attrs.to(device) if attrs is not None else None,
+        )
+        if cond.labels is None and cond.attrs is None:
+            denoise = bind(net, None)
+        else:
+            null = cond.without_labels(self.num_classes)
+            if cond.attrs is not None:
+                null = replace(
+                    null,
+                    attrs=torch.tensor(self.attribute_sizes, device=device).expand_as(cond.attrs),
+                )
+            denoise = classifier_free(bind(net, cond), bind(net, null), w)
+        if self.channels_last:
+            inner = denoise
+            denoise = lambda x, t: inner(x.contiguous(memory_format=torch.channels_last), t)  # noqa: E731
+        g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        c, s = net.in_channels, net.image_size
+        opts = {**self.sampler, **(sampler or {})}
+        try:
+            x = sample(
+                self.diffusion, denoise, (n, c, s, s), generator=g, callback=callback, **opts
+            )
+        finally:
+            net.train(was_training)
+        return x.clamp(-1, 1)

@@ -1,0 +1,159 @@
+"""What `python -m diffusion_lab.train` and `... .sample` do, as plain functions of a config."""
+
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchvision.utils import save_image
+
+from diffusion_lab.errors import require
+from diffusion_lab.training.build import (
+    build_datamodule,
+    build_module,
+    instantiate,
+    load_module,
+    read_checkpoint,
+    validate,
+)
+from diffusion_lab.training.callbacks import Throughput, write_json
+
+log = logging.getLogger("diffusion_lab")
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pytorch_lightning": pl.__version__,
+        "hydra": hydra.__version__,
+    }
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """`ckpt_path=last` means this run directory's checkpoints/last.ckpt; else a path or null."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        path = output_dir / "checkpoints" / "last.ckpt"
+        require(
+            path.is_file(), f"ckpt_path=last: no {path} (set hydra.run.dir to the run to resume)"
+        )
+        return str(path)
+    read_checkpoint(ckpt_path)  # a clear error for a missing or corrupt file, before any work
+    return str(ckpt_path)
+
+
+def _instantiate_group(node: DictConfig | None, key: str) -> list[Any]:
+    if not node:
+        return []
+    return [
+        instantiate(v, f"{key}.{k}") for k, v in node.items() if v is not None and "_target_" in v
+    ]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train from a composed config; returns the metrics written to metrics.json."""
+    validate(cfg)
+    out = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")  # data errors (missing files, empty folder) surface before training
+    module = build_module(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out)
+
+    callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
+    throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
+    if throughput is None:
+        throughput = Throughput()
+        callbacks.append(throughput)
+    loggers = _instantiate_group(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
+    )
+
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        write_json(out / "run_info.json", {"seed": cfg.seed, "versions": versions()})
+        for lg in loggers:
+            if hasattr(lg, "log_hyperparams"):
+                lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        log.info("Run directory: %s", out)
+        log.info("TensorBoard:   tensorboard --logdir %s", out / "tensorboard")
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    ckpt_cb = trainer.checkpoint_callback
+    metrics.update(
+        {
+            "params": sum(p.numel() for p in module.net.parameters()),
+            "train_images_per_sec": throughput.images_per_sec,
+            "global_step": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "best_checkpoint": getattr(ckpt_cb, "best_model_path", None) or None,
+            "last_checkpoint": getattr(ckpt_cb, "last_model_path", None) or None,
+        }
+    )
+    if trainer.is_global_zero:
+        write_json(out / "metrics.json", metrics)
+        log.info("Metrics: %s", out / "metrics.json")
+        log.info("Samples: %s", out / "samples" / "final.png")
+    return metrics
+
+
+def sample(cfg: DictConfig) -> dict[str, Any]:
+    """Sample a grid (PNG) and a tensor file (.pt) from a checkpoint."""
+    require(cfg.get("ckpt_path"), "ckpt_path=... is required (a .ckpt file from a training run)")
+    module, train_cfg = load_module(cfg.ckpt_path)
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if cfg.device == "auto"
+        else cfg.device
+    )
+    module.to(device)
+    n = int(cfg.n)
+    require(n >= 1, f"n={n} must be >= 1")
+    labels = None
+    nrow = int(n**0.5)
+    if cfg.get("class") is not None:
+        classes = cfg["class"] if OmegaConf.is_list(cfg["class"]) else [cfg["class"]]
+        require(all(isinstance(c, int) for c in classes), f"class={list(classes)} must be integers")
+        per = max(1, n // len(classes))
+        labels = torch.tensor(classes).repeat_interleave(per)
+        nrow = per
+    elif module.num_classes:
+        per = max(1, n // module.num_classes)
+        labels = torch.arange(module.num_classes).repeat_interleave(per)  # one row per class
+        nrow = per
+    attrs = None
+    if cfg.get("attributes"):
+        values = list(cfg.attributes)
+        count = len(labels) if labels is not None else n
+        attrs = torch.tensor(values).long()[None].expand(count, -1)
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else None
+    images = module.generate(
+        len(labels) if labels is not None else n,
+        labels=labels,
+        attrs=attrs,
+        sampler=sampler,
+        guidance_scale=cfg.get("guidance_scale"),
+        seed=cfg.seed,
+    )
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png, pt = out / "samples.png", out / "samples.pt"
+    save_image((images.float().cpu() + 1) / 2, png, nrow=nrow, padding=1, pad_value=1.0)
+    torch.save({"images": images.cpu(), "labels": labels, "attrs": attrs}, pt)
+    log.info("Wrote %s and %s", png, pt)
+    return {"png": str(png), "tensor": str(pt), "n": len(images)}

@@ -1,0 +1,146 @@
+"""Shared fixtures: compose configs with hydra.compose, tiny sizes, real data from ../shared."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED = Path(os.environ.get("DIFFUSION_LAB_SHARED", ROOT.parent / "shared")) / "datasets"
+
+torch.set_num_threads(2)
+
+# Everything in the suite is tiny: a few batches of 8-16 px images through 8-32 channel nets.
+TINY_TRAINER = {
+    "trainer.max_epochs": 1,
+    "trainer.limit_train_batches": 3,
+    "trainer.limit_val_batches": 2,
+    "trainer.log_every_n_steps": 1,
+    "trainer.enable_model_summary": False,
+    "sampler.steps": 3,
+    "callbacks.sample_grid.n": 8,
+    "callbacks.progress_bar": None,
+    "data.batch_size": 8,
+    "data.train_size": 64,
+    "data.val_size": 16,
+    "data.num_train": 96,
+    "data.num_val": 16,
+    "data.image_size": 16,
+}
+TINY_MODELS = {
+    "CourseUNet": {"channels": [8, 16], "time_dim": 16},
+    "GeluUNet": {"channels": [8, 16], "groups": 4, "time_dim": 16},
+    "AttnUNet": {"base": 8, "mults": [1, 2], "attn_resolutions": [8], "heads": 2, "groups": 4},
+}
+# the same settings as command-line overrides, for subprocess tests
+TINY_PATTERNS = [
+    "data.num_train=96",
+    "data.num_val=16",
+    "data.image_size=16",
+    "data.batch_size=8",
+    "model.channels=[8,16]",
+    "model.time_dim=16",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "sampler.steps=3",
+    "callbacks.sample_grid.n=8",
+    "callbacks.progress_bar=null",
+]
+
+
+def shrink(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """Apply the tiny settings to every key the test did not set itself."""
+    explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    model_kind = cfg.model._target_.rsplit(".", 1)[-1]
+    settings = {**TINY_TRAINER, **{f"model.{k}": v for k, v in TINY_MODELS[model_kind].items()}}
+    with open_dict(cfg):
+        for key, value in settings.items():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent)
+            if key in explicit or node is None:
+                continue
+            if leaf in node or parent in ("trainer", "model"):
+                node[leaf] = value
+    return cfg
+
+
+def compose_cfg(
+    tmp_path: Path, overrides: list[str], config_name: str = "train", tiny: bool = False
+) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)
+        cfg.paths.output_dir = str(tmp_path)
+    return shrink(cfg, overrides) if tiny else cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def make(*overrides: str, tiny: bool = True, out: Path | None = None) -> DictConfig:
+        return compose_cfg(out or tmp_path, list(overrides), tiny=tiny)
+
+    return make
+
+
+def copy_dataset(name: str, dest: Path) -> Path:
+    """Copy ../shared/datasets/<name> into a writable root (torchvision unpacks next to the .gz)."""
+    src = SHARED / name
+    if not src.exists():
+        pytest.skip(f"{src} not present")
+    shutil.copytree(src, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    return copy_dataset("MNIST", tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture(scope="session")
+def fashion_root(tmp_path_factory) -> Path:
+    return copy_dataset("FashionMNIST", tmp_path_factory.mktemp("fashion"))
+
+
+@pytest.fixture(scope="session")
+def cifar_folder() -> Path:
+    path = SHARED / "CIFAR10-subset" / "imagefolder"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_batches(tmp_path_factory, cifar_folder) -> Path:
+    """The CIFAR-10 subset re-packed in the python-batches format torchvision downloads."""
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("cifar")
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    classes = sorted(p.name for p in (cifar_folder / "train").iterdir())
+    for split, names in (
+        ("train", [f"data_batch_{i}" for i in range(1, 6)]),
+        ("test", ["test_batch"]),
+    ):
+        files = sorted((cifar_folder / split).glob("*/*.png"))[:100]
+        data = np.stack(
+            [np.asarray(Image.open(f).convert("RGB")).transpose(2, 0, 1).reshape(-1) for f in files]
+        )
+        labels = [classes.index(f.parent.name) for f in files]
+        for i, name in enumerate(names):
+            part = slice(i * len(files) // len(names), (i + 1) * len(files) // len(names))
+            with open(folder / name, "wb") as fh:
+                pickle.dump({b"data": data[part], b"labels": labels[part]}, fh)
+    return root

@@ -1,0 +1,78 @@
+"""Bad input as a user meets it: one `error:` line naming the key, exit code 2, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from diffusion_lab.cli import run_task
+from diffusion_lab.training.run import sample, train
+
+from .conftest import ROOT, compose_cfg
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"diffusion_lab.{module}", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["optimizer.lr=-1"], "optimizer.lr=-1 must be > 0"),
+        (["data.batch_size=0"], "data.batch_size=0 must be >= 1"),
+        (["data.batch_size=abc"], "data.batch_size='abc' must be an integer"),
+        (["schedule.timesteps=0"], "schedule.timesteps=0 must be >= 2"),
+        (["schedule.end=1.5"], "schedule.end=1.5 must be in (0, 1)"),
+        (["schedule=cosine", "schedule.max_beta=2"], "schedule.max_beta must be in (0, 1)"),
+        (["data.image_size=15"], "data.image_size=15 cannot be halved 1 times"),
+        (["model=gelu_unet", "model.groups=3"], "model.groups=3 must divide every width"),
+        (["data=mnist", "data.root=/nonexistent"], "MNIST files not found"),
+        (["data=folder", "data.root=/nonexistent"], "data.root=/nonexistent is not a directory"),
+        (["conditioning=attributes"], "'thickness' is not provided by PatternDataModule"),
+        (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt: no such file"),
+        (["diffusion.objective=score"], "diffusion.objective='score' is not one of"),
+    ],
+)
+def test_train_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    cfg = compose_cfg(tmp_path / "run", args, tiny=True)
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(train, cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained or written
+
+
+def test_unknown_config_choice_from_the_command_line(tmp_path):
+    res = run("train", "model=unet9000", f"hydra.run.dir={tmp_path}")
+    assert res.returncode == 1
+    assert "Could not find 'model/unet9000'" in res.stderr
+    assert "efficient_unet" in res.stderr  # Hydra lists the allowed options
+    assert "Traceback" not in res.stderr
+
+
+def test_corrupt_checkpoint_from_the_command_line(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    res = run("sample", f"ckpt_path={bad}", f"hydra.run.dir={tmp_path}")
+    assert res.returncode == 2
+    assert "is not a readable checkpoint" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_checkpoint_of_another_model_config(tmp_path, capsys, make_cfg):
+    import torch
+
+    train(make_cfg(out=tmp_path / "a"))
+    ckpt = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["diffusion_lab_config"]["model"]["channels"] = [8, 32]  # as if trained with other widths
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    cfg = compose_cfg(tmp_path / "s", [f"ckpt_path={tmp_path / 'other.ckpt'}"], "sample")
+    with pytest.raises(SystemExit):
+        run_task(sample, cfg)
+    assert "was trained with a different model config" in capsys.readouterr().err

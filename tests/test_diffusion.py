@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from diffusion_lab.diffusion import GaussianDiffusion, ddim_sample, ddpm_sample, linear_betas
+from diffusion_lab.diffusion.samplers import ddim_timesteps
+
+
+def test_forward_process_statistics():
+    d = GaussianDiffusion(linear_betas(1000))
+    x0 = torch.full((20000, 1, 1, 1), 0.5)
+    for step in (0, 250, 999):
+        t = torch.full((len(x0),), step)
+        xt = d.q_sample(x0, t, torch.randn_like(x0))
+        ab = d.alpha_bar[step].item()
+        assert xt.mean().item() == pytest.approx(0.5 * ab**0.5, abs=0.02)
+        assert xt.var().item() == pytest.approx(1 - ab, abs=0.02)
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_prediction_conversions_recover_x0_and_eps(objective):
+    d = GaussianDiffusion(linear_betas(100), objective=objective, clip_x0=False)
+    x0 = torch.rand(4, 1, 4, 4) * 2 - 1
+    eps = torch.randn_like(x0)
+    t = torch.tensor([0, 10, 50, 99])
+    xt = d.q_sample(x0, t, eps)
+    x0_hat, eps_hat = d.split_prediction(d.target(x0, t, eps), xt, t)
+    assert torch.allclose(x0_hat, x0, atol=1e-4)
+    assert torch.allclose(eps_hat, eps, atol=1e-3)
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_perfect_model_has_zero_loss(objective):
+    d = GaussianDiffusion(linear_betas(50), objective=objective, loss_weighting="min_snr")
+    x0 = torch.rand(8, 1, 4, 4) * 2 - 1
+    eps = torch.randn_like(x0)
+    t = torch.randint(0, 50, (8,))
+    losses, _ = d.training_losses(lambda x, tt: d.target(x0, tt, eps), x0, t=t, noise=eps)
+    assert losses.abs().max() < 1e-10
+    wrong, _ = d.training_losses(lambda x, tt: torch.zeros_like(x), x0, t=t, noise=eps)
+    assert (wrong > 0).all()
+
+
+def test_loss_mask_counts_only_masked_pixels():
+    d = GaussianDiffusion(linear_betas(10), objective="x0")
+    x0 = torch.zeros(2, 1, 4, 4)
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[..., :2] = 1
+    out = torch.zeros(2, 1, 4, 4)
+    out[..., 2:] = 5.0  # errors only outside the mask
+    losses, _ = d.training_losses(lambda x, t: out, x0, loss_mask=mask)
+    assert losses.abs().max() == 0
+
+
+def test_ddim_with_eta_one_and_all_steps_is_ddpm():
+    d = GaussianDiffusion(linear_betas(20), objective="eps")
+    net = lambda x, t: 0.1 * x + 0.01 * t.float()[:, None, None, None]  # noqa: E731
+    a = ddpm_sample(d, net, (3, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    b = ddim_sample(
+        d, net, (3, 1, 4, 4), steps=20, eta=1.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_ddim_timesteps_and_shapes():
+    assert ddim_timesteps(1000, 10)[0] == 999 and ddim_timesteps(1000, 10)[-1] == 0
+    assert len(ddim_timesteps(1000, 10)) == 10
+    d = GaussianDiffusion(linear_betas(100))
+    out = ddim_sample(d, lambda x, t: torch.zeros_like(x), (2, 3, 8, 8), steps=10)
+    assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all()

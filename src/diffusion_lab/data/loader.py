@@ -81,4 +81,6 @@ class TensorBatches:
         return {"served": self._served}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume_at = int(state.get("served", 0))
+        served = int(state.get("served", 0))
+        # a checkpoint taken after the epoch's last batch resumes at the start of the next epoch
+        self._resume_at = served if served < len(self) else 0

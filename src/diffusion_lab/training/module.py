@@ -1,17 +1,20 @@
 """The LightningModule: a denoiser + a GaussianDiffusion + the optimiser, EMA and sampling."""
 
+import random
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
+from torchmetrics import MeanMetric
 
 from diffusion_lab.diffusion import GaussianDiffusion, sample
 from diffusion_lab.diffusion.guidance import bind, classifier_free
-from diffusion_lab.errors import require
+from diffusion_lab.errors import UserError, require
 from diffusion_lab.models import Cond
 
 
@@ -68,6 +71,12 @@ class DiffusionModule(pl.LightningModule):
         self.channels_last = channels_last
         self.config = config  # the resolved run config, stored in every checkpoint
         self.edges = bucket_edges(diffusion.num_timesteps, timestep_buckets)
+        self.bucket_loss = nn.ModuleDict(
+            {
+                f"{stage}_buckets": nn.ModuleList(MeanMetric() for _ in range(timestep_buckets))
+                for stage in ("train", "val")
+            }
+        )
         self.ema = None
         if ema_decay is not None:
             # torch's AveragedModel keeps the EMA copy; as a submodule it lands in checkpoints
@@ -114,30 +123,34 @@ class DiffusionModule(pl.LightningModule):
             lambda x, tt: net(x, tt, cond), x0, generator=generator
         )
         loss = losses.mean()
-        b = len(x0)
+        # epoch-level val metrics agree across DDP ranks (checkpointing monitors val/loss)
+        sync = stage == "val"
         self.log(
             f"{stage}/loss",
             loss,
             prog_bar=True,
             on_step=stage == "train",
             on_epoch=True,
-            batch_size=b,
+            batch_size=len(x0),
+            sync_dist=sync,
         )
-        for lo, hi in zip(self.edges[:-1], self.edges[1:]):
-            sel = (t >= lo) & (t < hi)
-            n = int(sel.sum())
-            if n:
-                self.log(
-                    f"{stage}/loss_t{lo}-{hi - 1}",
-                    losses[sel].mean(),
-                    on_step=False,
-                    on_epoch=True,
-                    batch_size=n,
-                )
+        # loss per timestep bucket as weighted means: no host sync, empty buckets are fine
+        for (lo, hi), metric in zip(
+            zip(self.edges[:-1], self.edges[1:]), self.bucket_loss[f"{stage}_buckets"]
+        ):
+            metric.update(losses.detach(), ((t >= lo) & (t < hi)).float())
+            self.log(f"{stage}/loss_t{lo}-{hi - 1}", metric, on_step=False, on_epoch=True)
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train", self.net)
+        loss = self._step(batch, "train", self.net)
+        if not torch.isfinite(loss):
+            # stop before the optimizer step spreads it into the weights; checkpoints stay as they were
+            raise UserError(
+                f"training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                "lower optimizer.lr, set trainer.gradient_clip_val, or use trainer.precision=32"
+            )
+        return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
@@ -160,6 +173,32 @@ class DiffusionModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffusion_lab_config"] = self.config
+        # RNG states (noise, timesteps, label dropout): a resumed run draws what the
+        # uninterrupted one would have drawn
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # plain types: Lightning reloads checkpoints with weights_only=True
+            "numpy": [
+                v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()
+            ],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        if (
+            states["cuda"]
+            and torch.cuda.is_available()
+            and len(states["cuda"]) == torch.cuda.device_count()
+        ):
+            torch.cuda.set_rng_state_all(states["cuda"])
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        random.setstate(states["python"])
 
     # ---- sampling ----------------------------------------------------------------------------
     @property

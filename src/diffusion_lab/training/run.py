@@ -76,7 +76,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks.append(throughput)
     loggers = _instantiate_group(cfg.get("logger"), "logger")
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[instantiate(cfg.checkpoint_io, "checkpoint_io")],
     )
 
     if trainer.is_global_zero:

@@ -1,0 +1,156 @@
+"""Crash safety, exact resume, determinism, precision, DDP on CPU and the submitit launcher."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from diffusion_lab.cli import run_task
+from diffusion_lab.training.build import load_module
+from diffusion_lab.training.run import train
+
+from .conftest import ROOT, TINY_PATTERNS, compose_cfg
+
+# 4 batches per epoch, 3 epochs, last.ckpt every 2 steps, every step's loss logged
+RESUMABLE = [
+    *TINY_PATTERNS,
+    "data.num_train=32",
+    "trainer.limit_train_batches=null",
+    "trainer.max_epochs=3",
+    "trainer.log_every_n_steps=1",
+    "trainer.deterministic=true",
+    "callbacks.last_checkpoint.every_n_train_steps=2",
+    "callbacks.sample_grid.every_n_epochs=0",
+]
+
+
+def run_train(run_dir: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    res = subprocess.run(
+        [sys.executable, "-m", "diffusion_lab.train", *args, f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    if check:
+        assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """train/loss_step by step, later event files (a resumed process) overriding earlier ones."""
+    losses: dict[int, float] = {}
+    for f in sorted(
+        (run_dir / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime
+    ):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0}).Reload()
+        for ev in acc.Scalars("train/loss_step"):
+            losses[ev.step] = ev.value
+    return losses
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, float]:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run_train(run_dir, *RESUMABLE, check=True)
+    return step_losses(run_dir)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
+    assert len(uninterrupted) == 12
+    killed = run_train(
+        tmp_path,
+        *RESUMABLE,
+        "+callbacks.kill._target_=tests.helpers.KillAtStep",
+        "+callbacks.kill.step=7",
+    )
+    assert killed.returncode == -9
+    assert (
+        torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    )
+    run_train(tmp_path, *RESUMABLE, "ckpt_path=last", check=True)
+    assert step_losses(tmp_path) == uninterrupted  # bit-identical on CPU
+
+
+@pytest.mark.slow
+def test_sigkill_mid_checkpoint_save_keeps_last_intact(tmp_path, uninterrupted):
+    killed = run_train(
+        tmp_path,
+        *RESUMABLE,
+        "checkpoint_io._target_=tests.helpers.KillDuringSave",
+        "+checkpoint_io.at_save=3",
+    )
+    assert killed.returncode == -9
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert (
+        torch.load(last, weights_only=False)["global_step"] == 4
+    )  # the save before the killed one
+    load_module(last)  # loads cleanly
+    run_train(tmp_path, *RESUMABLE, "ckpt_path=last", check=True)
+    assert step_losses(tmp_path) == uninterrupted
+
+
+def test_same_seed_same_losses_and_samples(make_cfg, tmp_path):
+    a = train(make_cfg(out=tmp_path / "a"))
+    b = train(make_cfg(out=tmp_path / "b"))
+    assert a["train/loss"] == b["train/loss"] and a["val/loss"] == b["val/loss"]
+    sa = load_module(tmp_path / "a" / "checkpoints" / "last.ckpt")[0].generate(
+        4, sampler={"steps": 3}
+    )
+    sb = load_module(tmp_path / "b" / "checkpoints" / "last.ckpt")[0].generate(
+        4, sampler={"steps": 3}
+    )
+    assert torch.equal(sa, sb)
+    assert '"seed": 42' in (tmp_path / "a" / "run_info.json").read_text()
+
+
+def test_bf16_mixed_trains_on_cpu(make_cfg):
+    metrics = train(make_cfg("trainer.precision=bf16-mixed"))
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, capsys):
+    first = compose_cfg(tmp_path, ["trainer.max_epochs=1"], tiny=True)
+    train(first)
+    before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    # a fresh run into the same directory whose loss blows up at its second step
+    cfg = compose_cfg(tmp_path, ["trainer.max_epochs=2", "optimizer.lr=1e30"], tiny=True)
+    with pytest.raises(SystemExit):
+        run_task(train, cfg)
+    err = capsys.readouterr().err
+    assert "training loss became nan at step 1" in err
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_ddp_cpu_two_processes_one_run_directory(tmp_path):
+    run_dir = tmp_path / "ddp"
+    run_train(run_dir, *TINY_PATTERNS, "trainer=ddp_cpu", "data.batch_size=8", check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and len(ckpts) == 2  # last + best, written once (rank zero)
+    assert (run_dir / "train_ddp_process_1.log").exists()  # rank 1 ran, in the same directory
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "diffusion_lab.train", "-m", "hydra/launcher=local", *TINY_PATTERNS,
+         "seed=1,2", f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (tmp_path / job / "metrics.json").is_file()
+
+
+def test_gpu_ddp_config_uses_sync_batchnorm_and_mixed_precision(tmp_path):
+    cfg = compose_cfg(tmp_path, ["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm is True
+    assert cfg.trainer.precision == "16-mixed" and cfg.trainer.devices * cfg.trainer.num_nodes == 8

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-STEPS_PER_EPOCH, EPOCHS = 20, 6
+STEPS_PER_EPOCH, EPOCHS = 20, 40
 ARGS = [
     "data.num_train=640",
     "data.num_val=64",
@@ -48,17 +48,19 @@ def main() -> None:
     run_dir = Path(args.out).resolve() / time.strftime("%Y-%m-%d_%H-%M-%S")
     cmd = [sys.executable, "-m", "diffusion_lab.train", *ARGS, f"hydra.run.dir={run_dir}"]
     last = run_dir / "checkpoints" / "last.ckpt"
-    survived = 0
+    survived = attempted = 0
     for i in range(args.kills):
         resume = ["ckpt_path=last"] if last.exists() else []
         proc = subprocess.Popen(cmd + resume, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         delay = rng.uniform(8, 25)  # ~6 s of start-up, then training
         try:
             proc.wait(timeout=delay)
-            print(f"round {i + 1}: finished before the kill at {delay:.1f} s")
+            print(f"round {i + 1}: training finished before the kill at {delay:.1f} s")
+            break
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+            attempted += 1
         step = torch.load(last, weights_only=False)["global_step"] if last.exists() else None
         ok = step is not None
         survived += ok
@@ -79,7 +81,7 @@ def main() -> None:
     step = torch.load(last, weights_only=False)["global_step"]
     if step != STEPS_PER_EPOCH * EPOCHS:
         problems.append(f"final step {step} != {STEPS_PER_EPOCH * EPOCHS}")
-    print(f"kills survived: {survived}/{args.kills}; final step {step}; checkpoints: "
+    print(f"kills survived: {survived}/{attempted}; final step {step}; checkpoints: "
           f"{len(list((run_dir / 'checkpoints').glob('*.ckpt')))} load")  # fmt: skip
     for problem in problems:
         print("PROBLEM:", problem)

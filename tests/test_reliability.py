@@ -86,9 +86,9 @@ def test_sigkill_mid_checkpoint_save_keeps_last_intact(tmp_path, uninterrupted):
     )
     assert killed.returncode == -9
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert (
-        torch.load(last, weights_only=False)["global_step"] == 4
-    )  # the save before the killed one
+    # saves: step 2 (last.ckpt), step 4 best, step 4 last.ckpt <- killed mid-write
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+    assert not (tmp_path / "checkpoints" / "last-v1.ckpt").exists()
     load_module(last)  # loads cleanly
     run_train(tmp_path, *RESUMABLE, "ckpt_path=last", check=True)
     assert step_losses(tmp_path) == uninterrupted

@@ -105,6 +105,13 @@ class InMemoryDataModule(pl.LightningDataModule):
             self.train_data = self._finish(train, self.train_size, "train")
             self.val_data = self._finish(val, self.val_size, "val")
 
+    def _device(self) -> torch.device | None:
+        """The training device when it is an accelerator (data is kept there), else None."""
+        trainer = self.trainer
+        if trainer is None or trainer.strategy.root_device.type == "cpu":
+            return None
+        return trainer.strategy.root_device
+
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -128,6 +135,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             world_size=world,
             hflip=self.hflip,
             epoch_fn=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            device=self._device(),
         )
 
     def val_dataloader(self) -> TensorBatches:
@@ -138,6 +146,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             shuffle=False,
             rank=rank,
             world_size=world,
+            device=self._device(),
         )
 
 

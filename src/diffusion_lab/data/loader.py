@@ -29,8 +29,12 @@ class TensorBatches:
         world_size: int = 1,
         hflip: bool = False,
         epoch_fn: Callable[[], int] | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
-        self.tensors = tensors
+        # on a GPU the whole (uint8) dataset moves there once: no per-batch host-to-device copy
+        self.tensors = (
+            {k: v.to(device) for k, v in tensors.items()} if device is not None else tensors
+        )
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -70,9 +74,11 @@ class TensorBatches:
             if i < start:
                 continue
             self._served = i + 1
+            idx = idx.to(self.tensors["image"].device)
             batch = {k: v[idx] for k, v in self.tensors.items()}
             batch["image"] = to_model_range(batch["image"])
             if flips is not None:
+                flips = flips.to(batch["image"].device)
                 batch["image"][flips] = batch["image"][flips].flip(-1)
             yield batch
         self._served = 0

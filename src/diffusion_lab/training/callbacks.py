@@ -7,6 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
@@ -93,3 +94,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     tmp.replace(path)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """last.ckpt every N training steps, except on an epoch's last batch.
+
+    A checkpoint taken on the last batch, before the epoch is marked complete, resumes with
+    Lightning's epoch counters one off, and the run after the next resume trains extra steps;
+    the end-of-epoch checkpoint (after validation, by the best-checkpoint callback) covers it.
+    """
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module, outputs, batch, batch_idx: int
+    ) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-STEPS_PER_EPOCH, EPOCHS = 20, 40
+STEPS_PER_EPOCH, EPOCHS = 20, 120
 ARGS = [
     "data.num_train=640",
     "data.num_val=64",
@@ -52,7 +52,7 @@ def main() -> None:
     for i in range(args.kills):
         resume = ["ckpt_path=last"] if last.exists() else []
         proc = subprocess.Popen(cmd + resume, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        delay = rng.uniform(8, 25)  # ~6 s of start-up, then training
+        delay = rng.uniform(8, 20)  # ~6 s of start-up, then training
         try:
             proc.wait(timeout=delay)
             print(f"round {i + 1}: training finished before the kill at {delay:.1f} s")

@@ -185,6 +185,27 @@ def _sampler_steps(module: "DiffusionModule", sampler: dict | None) -> list[int]
     return ddim_timesteps(T, int(opts.get("steps", 50)))
 
 
+def progression_frames(
+    module: "DiffusionModule",
+    n: int = 4,
+    columns: int = 10,
+    labels: Tensor | None = None,
+    sampler: dict | None = None,
+    seed: int = 0,
+) -> list[tuple[int, Tensor]]:
+    """(t, x_t) at `columns` evenly spaced steps of the reverse process, first and last step
+    included (the last x is the final sample, as `module.generate` returns it)."""
+    keep = set(evenly_spaced(len(_sampler_steps(module, sampler)), columns))
+    frames: list[tuple[int, Tensor]] = []
+
+    def grab(i: int, t: int, x: Tensor, x0: Tensor) -> None:
+        if i in keep:
+            frames.append((t, x.float().cpu().clamp(-1, 1)))
+
+    module.generate(n, labels=labels, sampler=sampler, seed=seed, callback=grab)
+    return frames
+
+
 def denoising_progression_figure(
     module: "DiffusionModule",
     n: int = 4,
@@ -198,15 +219,7 @@ def denoising_progression_figure(
 
     Size: (LABEL + columns' * CELL) x (HEADER + n * CELL), columns' = min(columns, sampler steps).
     """
-    ts = _sampler_steps(module, sampler)
-    keep = set(evenly_spaced(len(ts), columns))
-    frames: list[tuple[int, Tensor]] = []
-
-    def grab(i: int, t: int, x: Tensor, x0: Tensor) -> None:
-        if i in keep:
-            frames.append((t, x.float().cpu().clamp(-1, 1)))
-
-    module.generate(n, labels=labels, sampler=sampler, seed=seed, callback=grab)
+    frames = progression_frames(module, n, columns, labels, sampler, seed)
     fig, (ax,) = _grid_figure(n, len(frames), left=LABEL)
     tiles = torch.stack([x for _, x in frames], 1)  # [n, frames, C, H, W]
     draw_mosaic(ax, tiles, [f"t={t}" for t, _ in frames], [f"sample {i}" for i in range(n)])

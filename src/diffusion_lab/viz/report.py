@@ -189,12 +189,22 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
     return out
 
 
+def short_value(value: Any) -> str:
+    """Sweeper floats such as 0.00019182157424526137 as 0.0001918."""
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return f"{number:.4g}" if len(text) > 8 and not text.isdigit() else text
+
+
 def assign_groups(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
     """Group labels in first-appearance order; each run's `group` is set."""
     labels: list[str] = []
     for r in runs:
         source = r.descriptor if all(x.descriptor for x in runs) else r.config
-        r.group = ", ".join(f"{k}={source.get(k, '—')}" for k in keys) or "all runs"
+        r.group = ", ".join(f"{k}={short_value(source.get(k, '—'))}" for k in keys) or "all runs"
         if r.group not in labels:
             labels.append(r.group)
     return labels
@@ -243,12 +253,12 @@ def columns(runs: Sequence[Run]) -> list[Column]:
         Column("params", _metric("params"), "{:,.0f}"),
         Column("MFLOPs/img", _metric("mflops_per_image"), "{:.1f}"),
         Column("train img/s", _metric("train_images_per_sec"), "{:.1f}"),
-        Column("train loss", _metric("train/loss"), "{:.4g}"),
-        Column("val loss", _metric("val/loss"), "{:.4g}"),
+        Column("train loss", _metric("train/loss"), "{:#.4g}"),
+        Column("val loss", _metric("val/loss"), "{:#.4g}"),
     ]
     n_buckets = max((len(bucket_keys(r.metrics)) for r in runs), default=0)
     for i in range(n_buckets):
-        cols.append(Column(f"val loss q{i + 1}", _bucket(i), "{:.4g}"))
+        cols.append(Column(f"val loss q{i + 1}", _bucket(i), "{:#.4g}"))
     cols.append(Column("sample ms/img", _metric("sample_seconds_per_image", 1000.0), "{:.1f}"))
     extra: list[str] = []
     for r in runs:
@@ -261,7 +271,7 @@ def columns(runs: Sequence[Run]) -> list[Column]:
                 and k not in extra
             ):
                 extra.append(k)
-    cols.extend(Column(k, _metric(k), "{:.4g}") for k in extra)
+    cols.extend(Column(k, _metric(k), "{:#.4g}") for k in extra)
     return cols
 
 
@@ -280,7 +290,7 @@ def fmt_mean_std(values: Iterable[float | None], spec: str) -> str:
     mean, std, _ = mean_std(values)
     if mean is None:
         return "—"
-    return fmt(mean, spec) + (f" ± {spec.format(std)}" if std is not None else "")
+    return fmt(mean, spec) + (f" ± {spec.format(std)}" if std else "")  # no "± 0" for params
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -310,12 +320,32 @@ def _band(ax, values: np.ndarray, color: str, label: str) -> None:
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
 
 
+def _wrap(group: str) -> str:
+    return group.replace(", ", "\n")
+
+
+def _scale(ax, values: list[float]) -> None:
+    """Log y only where the curves span more than a factor of 3 (else the ticks are unreadable)."""
+    values = [v for v in values if v > 0]
+    if values and max(values) / min(values) > 3:
+        ax.set_yscale("log")
+
+
 def _by_group(runs: Sequence[Run], groups: Sequence[str]) -> list[tuple[str, str, list[Run]]]:
     out = []
     for i, g in enumerate(groups):
         members = [r for r in runs if r.group == g and r.ok]
         out.append((g, COLORS[i % len(COLORS)], members))
     return out
+
+
+def _legend(fig: Figure, ax) -> None:
+    """One legend for the figure, below the plots, so long group names never cover a curve."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8
+        )
 
 
 def plot_loss_curves(runs: Sequence[Run], groups: Sequence[str], path: Path) -> Path:
@@ -325,15 +355,17 @@ def plot_loss_curves(runs: Sequence[Run], groups: Sequence[str], path: Path) -> 
         (axes[0], "train/loss_epoch", "train loss (epoch mean)"),
         (axes[1], "val/loss", "validation loss"),
     ):
+        seen: list[float] = []
         for g, color, members in _by_group(runs, groups):
             values = _stack([r.scalars.get(tag, []) for r in members])
             if values is not None:
                 _band(ax, values, color, f"{g} (n={len(values)})")
+                seen.extend(values.ravel().tolist())
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.set_yscale("log")
+        _scale(ax, seen)
         ax.grid(alpha=0.3, which="both")
-    axes[1].legend(fontsize=8)
+    _legend(fig, axes[0])
     fig.suptitle("Loss curves (mean ± std over seeds)")
     fig.savefig(path, dpi=100)
     return path
@@ -346,6 +378,7 @@ def plot_bucket_curves(runs: Sequence[Run], groups: Sequence[str], path: Path) -
     axes = fig.subplots(1, n_buckets, squeeze=False)[0]
     for i, ax in enumerate(axes):
         ranges = set()
+        seen: list[float] = []
         for g, color, members in _by_group(runs, groups):
             series = []
             for r in members:
@@ -356,13 +389,14 @@ def plot_bucket_curves(runs: Sequence[Run], groups: Sequence[str], path: Path) -
             values = _stack(series)
             if values is not None:
                 _band(ax, values, color, g)
+                seen.extend(values.ravel().tolist())
         ax.set_title(
             f"val loss, t in {' / '.join(sorted(ranges)) or f'quarter {i + 1}'}", fontsize=9
         )
         ax.set_xlabel("epoch")
-        ax.set_yscale("log")
+        _scale(ax, seen)
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=7)
+    _legend(fig, axes[0])
     fig.suptitle("Validation loss per timestep range (low t = little noise)")
     fig.savefig(path, dpi=100)
     return path
@@ -387,7 +421,7 @@ def plot_metric_bars(
             ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3)
         else:
             ax.text(i, 0, "no finished run", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(groups)), [g.replace(", ", "\n") for g in groups], fontsize=8)
+    ax.set_xticks(range(len(groups)), [_wrap(g) for g in groups], fontsize=8)
     ax.set_ylabel(key)
     ax.set_title(f"{key} ({better} is better; bars: mean ± std, dots: runs)")
     ax.grid(alpha=0.3, axis="y")
@@ -420,7 +454,7 @@ def plot_sample_grids(runs: Sequence[Run], groups: Sequence[str], path: Path) ->
             ax.text(0.5, 0.5, "no samples/final.png", ha="center", va="center")
         else:
             ax.imshow(image, interpolation="nearest")
-        ax.set_title(g + (f"\n(seed {seed})" if seed is not None else ""), fontsize=9)
+        ax.set_title(_wrap(g) + (f"\n(seed {seed})" if seed is not None else ""), fontsize=9)
     fig.suptitle("Final samples (same sampler seed)")
     fig.savefig(path, dpi=100)
     return path
@@ -497,6 +531,11 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path, metric: str | None
         "run's sampler (`sampler.name`, `sampler.steps`); `train img/s` excludes validation.",
         "",
     ]
+    for p in map(Path, paths):
+        best = _yaml(p / "optimization_results.yaml")  # written by Hydra's Optuna sweeper
+        if isinstance(best, dict) and "best_value" in best:
+            params = ", ".join(f"`{k}={short_value(v)}`" for k, v in best["best_params"].items())
+            lines += [f"Optuna best in `{p}`: {best['best_value']:#.4g} with {params}.", ""]
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{name}]({p.name})" for name, p in plots.items()]

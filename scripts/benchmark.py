@@ -98,7 +98,8 @@ def peers(channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
 
 
 def measure_model(name, make, images, shape_name, shape, args, peak) -> dict:
-    steps = 8 if n_params(make()) > 2_000_000 else 15
+    # ~2-6 s windows: fewer steps for the big course U-Net and for the (slower) peers
+    steps = 5 if n_params(make()) > 2_000_000 else 15 if name.startswith("course") else 6
     reset_peak_rss()
     fns = {"plain": lambda: plain_train_rate(make(), images, args.batch, steps)}
     if name.startswith("course"):

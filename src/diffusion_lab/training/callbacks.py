@@ -31,13 +31,16 @@ class SampleGrid(pl.Callback):
     ) -> None:
         self.output_dir = Path(output_dir)
         self.n, self.every_n_epochs, self.seed = n, every_n_epochs, seed
+        self.seconds_per_image: float | None = None  # of the last grid, for metrics.json
 
     def _grid(self, module) -> tuple[torch.Tensor, int]:
         k = module.num_classes
         per_class = max(1, self.n // k) if k else 0
         labels = torch.arange(k).repeat_interleave(per_class) if k else None
         n = len(labels) if k else self.n
+        start = time.perf_counter()
         images = module.generate(n, labels=labels, seed=self.seed)
+        self.seconds_per_image = (time.perf_counter() - start) / n
         nrow = per_class if k else int(n**0.5)
         return (images.float().cpu() + 1) / 2, nrow
 

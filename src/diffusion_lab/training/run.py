@@ -19,7 +19,8 @@ from diffusion_lab.training.build import (
     read_checkpoint,
     validate,
 )
-from diffusion_lab.training.callbacks import Throughput, write_json
+from diffusion_lab.training.callbacks import SampleGrid, Throughput, write_json
+from diffusion_lab.training.measure import forward_mflops
 
 log = logging.getLogger("diffusion_lab")
 
@@ -97,10 +98,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     ckpt_cb = trainer.checkpoint_callback
+    grid = next((c for c in callbacks if isinstance(c, SampleGrid)), None)
     metrics.update(
         {
             "params": sum(p.numel() for p in module.net.parameters()),
+            "mflops_per_image": forward_mflops(module.net),
             "train_images_per_sec": throughput.images_per_sec,
+            # timed on the final sample grid (sampler and steps as in cfg.sampler)
+            "sample_seconds_per_image": grid.seconds_per_image if grid else None,
             "global_step": trainer.global_step,
             "epochs": trainer.current_epoch,
             "best_checkpoint": getattr(ckpt_cb, "best_model_path", None) or None,

@@ -25,7 +25,6 @@ from torch import nn
 
 from diffusion_lab.benchmarking import (
     course_unet,
-    forward_mflops,
     framework_train_rate,
     matmul_gflops,
     n_params,
@@ -34,6 +33,7 @@ from diffusion_lab.benchmarking import (
 )
 from diffusion_lab.data.loader import TensorBatches
 from diffusion_lab.data.patterns import generate_patterns
+from diffusion_lab.training.measure import forward_mflops
 
 SHAPES = {"28x28x1": (1, 28), "32x32x3": (3, 32)}
 

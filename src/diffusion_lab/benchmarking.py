@@ -11,7 +11,6 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_lab.data.loader import TensorBatches, to_model_range
 from diffusion_lab.diffusion import GaussianDiffusion, ddim_sample, linear_betas
@@ -46,15 +45,6 @@ def matmul_gflops(n: int = 2048, windows: int = 5, seconds: float = 0.5) -> floa
             count += 1
         best = max(best, 2 * n**3 * count / (time.perf_counter() - t0) / 1e9)
     return best
-
-
-def forward_mflops(net: nn.Module, shape: tuple[int, ...]) -> float:
-    """Forward MFLOPs per image (convolutions, matmuls, attention) from torch's FLOP counter."""
-    x = torch.randn(2, *shape)
-    t = torch.zeros(2, dtype=torch.long)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(x, t)
-    return counter.get_total_flops() / 2 / 1e6
 
 
 def plain_train_rate(

@@ -28,17 +28,19 @@ def dummy_cond(net: nn.Module, batch: int, device: torch.device) -> Cond | None:
 
 
 @torch.no_grad()
-def forward_mflops(net: nn.Module) -> float | None:
+def forward_mflops(net: nn.Module, shape: tuple[int, int, int] | None = None) -> float | None:
     """MFLOPs of one forward pass for one image (torch's FlopCounterMode: convs and matmuls,
-    a multiply-add counted as 2 FLOPs; norms and activations are not counted)."""
+    a multiply-add counted as 2 FLOPs; norms and activations are not counted). `shape` (C, H, W)
+    is for networks outside this project (benchmark peers), which take `net(x, t)`."""
     device = next(net.parameters()).device
-    x = torch.zeros(1, net.in_channels, net.image_size, net.image_size, device=device)
+    shape = shape or (net.in_channels, net.image_size, net.image_size)
+    x = torch.zeros(1, *shape, device=device)
     t = torch.zeros(1, dtype=torch.long, device=device)
     was_training = net.training
     net.eval()  # no BatchNorm running-stat updates from this probe
     try:
         with FlopCounterMode(display=False) as counter:
-            net(x, t, dummy_cond(net, 1, device))
+            net(x, t, dummy_cond(net, 1, device)) if hasattr(net, "cond") else net(x, t)
     except Exception as e:  # a bookkeeping number must not fail a finished training run
         log.warning("could not count FLOPs (%s: %s)", type(e).__name__, e)
         return None

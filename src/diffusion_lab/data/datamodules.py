@@ -1,7 +1,9 @@
 """LightningDataModules. Every dataset is loaded once into uint8 tensors and batched from memory.
 
 Batches are dicts: "image" float [B, C, H, W] in [-1, 1], "label" long [B], and "attrs"
-long [B, A] when the data module is asked for attributes (e.g. stroke "thickness").
+long [B, A] when the data module is asked for attributes (e.g. stroke "thickness"). With
+`masks` set (conditioning=inpaint), every sample also has a fixed inpainting "mask" uint8
+[B, 1, H, W] (1 = known pixel, 0 = to fill) and "mask_kind" long [B] (index into masks.kinds).
 """
 
 import gzip
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffusion_lab.data.loader import TensorBatches
+from diffusion_lab.data.masks import MaskSpec, make_masks
 from diffusion_lab.data.patterns import FAMILIES, generate_patterns
 from diffusion_lab.errors import UserError, require
 
@@ -49,6 +52,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         val_size: int | None = None,
         attributes: list[str] | tuple[str, ...] = (),
         hflip: bool = False,
+        masks: dict | MaskSpec | None = None,
     ) -> None:
         super().__init__()
         require(batch_size >= 1, f"data.batch_size must be >= 1, got {batch_size}")
@@ -66,6 +70,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.train_size, self.val_size = train_size, val_size
         self.attributes = tuple(attributes)
         self.hflip = hflip
+        self.masks = MaskSpec.from_config(masks, seed=seed)
         self.train_data: Split | None = None
         self.val_data: Split | None = None
 
@@ -96,6 +101,11 @@ class InMemoryDataModule(pl.LightningDataModule):
         if self.attributes:
             split["attrs"] = torch.stack(
                 [self.attribute_values(a, split) for a in self.attributes], 1
+            )
+        if self.masks is not None:
+            # fixed per sample from (masks.seed, index); the val split draws from its own stream
+            split["mask"], split["mask_kind"] = make_masks(
+                self.masks, len(img), self.image_size, seed_offset=0 if what == "train" else 1
             )
         return split
 

@@ -1,1 +1,1 @@
-"""Evaluation: CLIP scoring and guidance, FID/KID, class accuracy of samples."""
+"""Evaluation: CLIP scoring and guidance, FID/KID, class accuracy and inpainting metrics of samples."""

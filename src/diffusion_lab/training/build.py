@@ -95,6 +95,7 @@ def build_module(cfg: DictConfig) -> DiffusionModule:
         channels_last=cfg.channels_last,
         compile=cfg.compile,
         config=OmegaConf.to_container(cfg, resolve=True),
+        inpaint_loss=c.get("loss", "masked"),
     )
 
 

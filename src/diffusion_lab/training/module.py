@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 
 from diffusion_lab.diffusion import GaussianDiffusion, sample
 from diffusion_lab.diffusion.guidance import bind, classifier_free
+from diffusion_lab.diffusion.repaint import repaint_sample
 from diffusion_lab.errors import UserError, require
 from diffusion_lab.models import Cond
 
@@ -55,8 +56,13 @@ class DiffusionModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         config: dict | None = None,
+        inpaint_loss: str = "masked",
     ) -> None:
         super().__init__()
+        require(
+            inpaint_loss in ("masked", "all"),
+            f"conditioning.loss={inpaint_loss!r} is not one of ['masked', 'all']",
+        )
         require(0 <= p_uncond < 1, f"conditioning.p_uncond must be in [0, 1), got {p_uncond}")
         require(
             ema_decay is None or 0 < ema_decay < 1,
@@ -70,6 +76,7 @@ class DiffusionModule(pl.LightningModule):
         self.guidance_scale = guidance_scale
         self.sampler = dict(sampler or {"name": "ddim", "steps": 50, "eta": 0.0})
         self.channels_last = channels_last
+        self.inpaint_loss = inpaint_loss
         self.config = config  # the resolved run config, stored in every checkpoint
         self.edges = bucket_edges(diffusion.num_timesteps, timestep_buckets)
         self.bucket_loss = nn.ModuleDict(
@@ -97,10 +104,23 @@ class DiffusionModule(pl.LightningModule):
     def attribute_sizes(self) -> tuple[int, ...]:
         return self.net.cond.attribute_sizes
 
+    @property
+    def mask_conditioned(self) -> bool:
+        """True when the net takes the known image and the mask as extra input channels."""
+        return bool(getattr(self.net.cond, "mask_channels", 0))
+
     def cond_from_batch(self, batch: dict[str, Tensor], drop: bool) -> Cond | None:
         labels = batch["label"] if self.num_classes else None
         attrs = batch.get("attrs") if self.attribute_sizes else None
-        if labels is None and attrs is None:
+        mask = known = None
+        if self.mask_conditioned:
+            require(
+                "mask" in batch,
+                "conditioning=inpaint needs masks in the data: set conditioning.masks "
+                "(the data config's `masks` key)",
+            )
+            mask, known = batch["mask"].to(batch["image"].dtype), batch["image"]
+        if labels is None and attrs is None and mask is None:
             return None
         if drop and self.p_uncond > 0:
             # classifier-free guidance: train the unconditional branch via the null tokens
@@ -110,7 +130,7 @@ class DiffusionModule(pl.LightningModule):
             if attrs is not None:
                 null = torch.tensor(self.attribute_sizes, device=attrs.device)
                 attrs = torch.where(keep[:, None], attrs, null[None])
-        return Cond(labels=labels, attrs=attrs)
+        return Cond(labels=labels, attrs=attrs, mask=mask, known=known)
 
     # ---- training ----------------------------------------------------------------------------
     def _images(self, batch: dict[str, Tensor]) -> Tensor:
@@ -120,8 +140,12 @@ class DiffusionModule(pl.LightningModule):
     def _step(self, batch: dict[str, Tensor], stage: str, net: nn.Module, generator=None) -> Tensor:
         x0 = self._images(batch)
         cond = self.cond_from_batch(batch, drop=stage == "train")
+        # inpainting: by default only the pixels to fill count (mask: 1 = known)
+        loss_mask = None
+        if cond is not None and cond.mask is not None and self.inpaint_loss == "masked":
+            loss_mask = 1 - cond.mask
         losses, t = self.diffusion.training_losses(
-            lambda x, tt: net(x, tt, cond), x0, generator=generator
+            lambda x, tt: net(x, tt, cond), x0, loss_mask=loss_mask, generator=generator
         )
         loss = losses.mean()
         # epoch-level val metrics agree across DDP ranks (checkpointing monitors val/loss)
@@ -255,8 +279,17 @@ class DiffusionModule(pl.LightningModule):
         guidance_scale: float | None = None,
         seed: int | None = 0,
         callback: Callable | None = None,
+        known: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        """n images in [-1, 1] from the EMA network. Class/attribute conditioning if given."""
+        """n images in [-1, 1] from the EMA network. Class/attribute conditioning if given.
+
+        Inpainting: pass `known` [n, C, H, W] in [-1, 1] and `mask` [n, 1, H, W] (1 = known).
+        A mask-conditioned model (conditioning=inpaint) samples with its configured sampler
+        (or `name: onepass`, its x0 prediction at t = T-1 from pure noise); any other model
+        uses RePaint. Known pixels are pasted back exactly. A mask-conditioned model asked for
+        plain samples gets an all-unknown mask.
+        """
         w = self.guidance_scale if guidance_scale is None else guidance_scale
         if labels is None and self.num_classes:
             labels = torch.arange(n) % self.num_classes  # cycle through the classes
@@ -267,11 +300,28 @@ class DiffusionModule(pl.LightningModule):
         was_training = net.training
         net.eval()
         device = self.device
+        c, s = net.in_channels, net.image_size
+        if mask is not None or known is not None:
+            require(
+                mask is not None and known is not None,
+                "inpainting needs both known= and mask= (1 = known pixel)",
+            )
+            require(
+                tuple(known.shape) == (n, c, s, s) and tuple(mask.shape) == (n, 1, s, s),
+                f"inpainting: known must be [{n}, {c}, {s}, {s}] and mask [{n}, 1, {s}, {s}], "
+                f"got {tuple(known.shape)} and {tuple(mask.shape)}",
+            )
+            known, mask = known.to(device).float(), (mask.to(device) > 0.5).float()
+        elif self.mask_conditioned:
+            known = torch.zeros(n, c, s, s, device=device)
+            mask = torch.zeros(n, 1, s, s, device=device)
         cond = Cond(
             labels=labels.to(device) if labels is not None else None,
             attrs=attrs.to(device) if attrs is not None else None,
+            mask=mask if self.mask_conditioned else None,
+            known=known if self.mask_conditioned else None,
         )
-        if cond.labels is None and cond.attrs is None:
+        if cond.labels is None and cond.attrs is None and cond.mask is None:
             denoise = bind(net, None)
         else:
             null = cond.without_labels(self.num_classes)
@@ -285,13 +335,41 @@ class DiffusionModule(pl.LightningModule):
             inner = denoise
             denoise = lambda x, t: inner(x.contiguous(memory_format=torch.channels_last), t)  # noqa: E731
         g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        c, s = net.in_channels, net.image_size
         opts = {**self.sampler, **(sampler or {})}
+        name = opts.pop("name", "ddim")
+        if name == "repaint" and mask is None:  # plain sampling with RePaint's schedule
+            known = torch.zeros(n, c, s, s, device=device)
+            mask = torch.zeros(n, 1, s, s, device=device)
         try:
             with self._sampling_autocast():
-                x = sample(
-                    self.diffusion, denoise, (n, c, s, s), generator=g, callback=callback, **opts
-                )
+                if mask is not None and (name == "repaint" or not self.mask_conditioned):
+                    # RePaint works with any model; an unconditional one has no other way to inpaint
+                    rp = {k: opts[k] for k in ("steps", "jump_length", "resamples") if k in opts}
+                    x = repaint_sample(
+                        self.diffusion, denoise, known, mask, generator=g, callback=callback, **rp
+                    )
+                elif name == "onepass":
+                    require(
+                        mask is not None,
+                        "sampler.name=onepass is for inpainting (known= and mask=) only",
+                    )
+                    t = torch.full((n,), self.diffusion.num_timesteps - 1, device=device)
+                    x_T = torch.randn(known.shape, device=device, generator=g)
+                    x, _ = self.diffusion.split_prediction(denoise(x_T, t), x_T, t)
+                else:
+                    opts = {k: v for k, v in opts.items() if k not in ("jump_length", "resamples")}
+                    x = sample(
+                        self.diffusion,
+                        denoise,
+                        (n, c, s, s),
+                        name=name,
+                        generator=g,
+                        callback=callback,
+                        **opts,
+                    )
         finally:
             net.train(was_training)
-        return x.clamp(-1, 1)
+        x = x.clamp(-1, 1)
+        if mask is not None:
+            x = mask * known + (1 - mask) * x  # the known pixels, exactly
+        return x

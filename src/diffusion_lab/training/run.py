@@ -120,7 +120,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
-    """Sample a grid (PNG) and a tensor file (.pt) from a checkpoint."""
+    """Sample a grid (PNG) and a tensor file (.pt) from a checkpoint (mode=inpaint: inpaint)."""
+    mode = cfg.get("mode") or "generate"
+    require(mode in ("generate", "inpaint"), f"mode={mode!r} is not one of ['generate', 'inpaint']")
+    if mode == "inpaint":
+        from diffusion_lab.training.inpaint import inpaint
+
+        return inpaint(cfg)
     require(cfg.get("ckpt_path"), "ckpt_path=... is required (a .ckpt file from a training run)")
     module, train_cfg = load_module(cfg.ckpt_path)
     device = torch.device(

@@ -1,0 +1,281 @@
+"""Inpainting outside the training loop: the `mode=inpaint` sampling driver and the validation
+callback that logs masked-pixel accuracy (or masked MSE / PSNR) and an image panel.
+
+Mask convention: 1 = known pixel, 0 = pixel to fill.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from diffusion_lab.data.datamodules import PatternDataModule
+from diffusion_lab.data.loader import to_model_range
+from diffusion_lab.data.masks import MaskSpec, make_masks
+from diffusion_lab.data.patterns import FAMILIES
+from diffusion_lab.errors import require
+from diffusion_lab.evaluation.inpainting import (
+    grouped_accuracy,
+    masked_mse_psnr,
+    masked_pixel_correct,
+)
+from diffusion_lab.training.build import build_datamodule, load_module
+from diffusion_lab.training.callbacks import tensorboard, write_json
+
+log = logging.getLogger("diffusion_lab")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def masked_input(known: Tensor, mask: Tensor) -> Tensor:
+    """For display: the known pixels, mid-grey where the model has to fill (images in [-1, 1])."""
+    return known * mask
+
+
+def panel_rows(columns: list[Tensor]) -> Tensor:
+    """Interleave columns (each [B, C, H, W] in [-1, 1], C 1 or 3) into rows of a grid, in [0, 1]."""
+    c = max(col.shape[1] for col in columns)
+    cols = [col.float().cpu().expand(-1, c, -1, -1) for col in columns]
+    return (torch.stack(cols, 1).flatten(0, 1) + 1) / 2
+
+
+def mask_as_image(mask: Tensor) -> Tensor:
+    """1 (known) -> white, 0 (fill) -> black, in [-1, 1]."""
+    return mask.float() * 2 - 1
+
+
+def score(
+    result: Tensor,
+    truth: Tensor,
+    mask: Tensor,
+    two_colour: bool,
+    families: Tensor | None = None,
+    family_names: tuple[str, ...] = (),
+    kinds: Tensor | None = None,
+    kind_names: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """Accuracy overall / per family / per mask kind for the pattern set; else MSE and PSNR."""
+    if not two_colour:
+        mse, psnr = masked_mse_psnr(result, truth, mask)
+        return {"mse": mse, "psnr": psnr}
+    correct, total = masked_pixel_correct(result, truth, mask)
+    out = {"acc": float(correct.sum()) / max(1, int(total.sum()))}
+    if families is not None:
+        for k, v in grouped_accuracy(correct, total, families.cpu(), family_names).items():
+            out[f"acc_family/{k}"] = v
+    if kinds is not None:
+        for k, v in grouped_accuracy(correct, total, kinds.cpu(), kind_names).items():
+            out[f"acc_mask/{k}"] = v
+    return out
+
+
+class InpaintValidation(pl.Callback):
+    """For a mask-conditioned model: inpaint a fixed batch of masked validation images every
+    `every_n_epochs` epochs with each of `samplers` ("onepass", or "configured" for the
+    module's own sampler), log val/inpaint_<sampler>_acc (per family and per mask kind too)
+    on the pattern set, val/inpaint_<sampler>_mse and _psnr elsewhere, and an image panel
+    (original | masked input | mask | one column per sampler) to TensorBoard and PNG.
+    Does nothing for models that are not mask-conditioned."""
+
+    def __init__(
+        self,
+        output_dir: str,
+        n: int = 64,
+        every_n_epochs: int = 1,
+        samplers: list[str] | tuple[str, ...] = ("onepass", "configured"),
+        panel_rows: int = 8,
+        seed: int = 0,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.n, self.every_n_epochs = n, every_n_epochs
+        self.samplers = tuple(samplers)
+        for s in self.samplers:
+            require(
+                s in ("onepass", "configured", "ddim", "ddpm", "repaint"),
+                f"callbacks.inpaint_validation.samplers: {s!r} is not one of "
+                "['onepass', 'configured', 'ddim', 'ddpm', 'repaint']",
+            )
+        self.rows, self.seed = panel_rows, seed
+
+    def _batch(self, trainer: pl.Trainer, module) -> dict[str, Any] | None:
+        dm = trainer.datamodule
+        val = getattr(dm, "val_data", None)
+        if not getattr(module, "mask_conditioned", False) or not val or "mask" not in val:
+            return None
+        n = min(self.n, len(val["image"]))
+        return {
+            "image": to_model_range(val["image"][:n]).to(module.device),
+            "mask": val["mask"][:n].float().to(module.device),
+            "kind": val["mask_kind"][:n],
+            "label": val["label"][:n],
+            "two_colour": isinstance(dm, PatternDataModule),
+            "family_names": tuple(getattr(dm, "class_names", ())),
+            "kind_names": dm.masks.kinds,
+        }
+
+    def evaluate(self, trainer: pl.Trainer, module) -> tuple[dict[str, float], Tensor] | None:
+        b = self._batch(trainer, module)
+        if b is None:
+            return None
+        metrics, columns = {}, []
+        labels = b["label"] if module.num_classes else None
+        for name in self.samplers:
+            sampler = None if name == "configured" else {"name": name}
+            out = module.generate(
+                len(b["image"]),
+                labels=labels,
+                known=b["image"],
+                mask=b["mask"],
+                sampler=sampler,
+                seed=self.seed,
+            )
+            tag = module.sampler.get("name", "ddim") if name == "configured" else name
+            scores = score(
+                out,
+                b["image"],
+                b["mask"],
+                b["two_colour"],
+                b["label"],
+                b["family_names"],
+                b["kind"],
+                b["kind_names"],
+            )
+            metrics.update({f"val/inpaint_{tag}_{k}": v for k, v in scores.items()})
+            columns.append(out[: self.rows])
+        r = self.rows
+        grid = panel_rows(
+            [
+                b["image"][:r],
+                masked_input(b["image"][:r], b["mask"][:r]),
+                mask_as_image(b["mask"][:r]),
+            ]
+            + columns
+        )
+        return metrics, grid
+
+    def _run(self, trainer: pl.Trainer, module, name: str, log_metrics: bool) -> None:
+        result = self.evaluate(trainer, module)
+        if result is None:
+            return
+        metrics, grid = result
+        ncol = 3 + len(self.samplers)
+        if log_metrics:
+            for k, v in metrics.items():
+                module.log(k, v, on_epoch=True, batch_size=self.n)
+        if trainer.is_global_zero:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_image(grid, self.output_dir / f"{name}.png", nrow=ncol, padding=1, pad_value=1.0)
+            tb = tensorboard(trainer)
+            if tb is not None:
+                tb.add_image(
+                    "inpainting",
+                    make_grid(grid, nrow=ncol, padding=1, pad_value=1.0),
+                    trainer.global_step,
+                )
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module) -> None:
+        epoch = trainer.current_epoch + 1
+        if trainer.sanity_checking or self.every_n_epochs <= 0 or epoch % self.every_n_epochs:
+            return
+        self._run(trainer, module, f"inpaint_epoch_{epoch:03d}", log_metrics=True)
+
+    def on_train_end(self, trainer: pl.Trainer, module) -> None:
+        self._run(trainer, module, "inpaint_final", log_metrics=False)
+
+
+# ---- python -m diffusion_lab.sample mode=inpaint ------------------------------------------
+def read_folder(folder: Path, n: int, channels: int, size: int) -> tuple[Tensor, list[str]]:
+    """Up to n images (sorted by path) as [n, C, size, size] in [-1, 1], resized and centre-cropped."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import v2
+
+    require(folder.is_dir(), f"input={folder} is not a directory (or use input=dataset)")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
+    require(len(files) > 0, f"input={folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    tf = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                out.append(tf(im.convert("L" if channels == 1 else "RGB")))
+        except (UnidentifiedImageError, OSError) as e:
+            require(False, f"cannot read image {f}: {e.__class__.__name__}")
+    return to_model_range(torch.stack(out)), [f.stem for f in files]
+
+
+def dataset_inputs(train_cfg: DictConfig, n: int) -> tuple[Tensor, Tensor, bool]:
+    """The first n validation images of the data the checkpoint was trained on."""
+    cfg = train_cfg.copy()
+    with open_dict(cfg):
+        cfg.data.masks = None  # the masks come from the sampling config
+        cfg.data.attributes = []
+    dm = build_datamodule(cfg)
+    dm.setup("validate")
+    val = dm.val_data
+    return to_model_range(val["image"][:n]), val["label"][:n], isinstance(dm, PatternDataModule)
+
+
+def inpaint(cfg: DictConfig) -> dict[str, Any]:
+    """Inpaint images from a folder or from the checkpoint's dataset; one PNG per image
+    (original | masked input | mask | result), an overview grid, a tensor file and metrics."""
+    require(cfg.get("ckpt_path"), "ckpt_path=... is required (a .ckpt file from a training run)")
+    module, train_cfg = load_module(cfg.ckpt_path)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
+    module.to(device)
+    n = int(cfg.n)
+    require(n >= 1, f"n={n} must be >= 1")
+    c, size = module.sampling_net.in_channels, module.sampling_net.image_size
+    source = cfg.get("input") or "dataset"
+    labels, two_colour = None, False
+    if source == "dataset":
+        images, labels, two_colour = dataset_inputs(train_cfg, n)
+        names = [f"{i:03d}" for i in range(len(images))]
+    else:
+        images, names = read_folder(Path(str(source)), n, c, size)
+    n = len(images)
+    kinds = cfg.get("mask") or "center_box"
+    kinds = list(kinds) if OmegaConf.is_list(kinds) else [kinds]
+    spec = MaskSpec(kinds=tuple(kinds), seed=int(cfg.seed), image=cfg.get("mask_image"))
+    masks, kind_idx = make_masks(spec, n, size)
+    masks = masks.float()
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else None
+    result = module.generate(
+        n,
+        labels=labels if module.num_classes else None,
+        known=images,
+        mask=masks,
+        sampler=sampler,
+        seed=int(cfg.seed),
+    ).cpu()
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = panel_rows([images, masked_input(images, masks), mask_as_image(masks), result])
+    for i, name in enumerate(names):
+        save_image(
+            grid[4 * i : 4 * i + 4], out / f"inpaint_{name}.png", nrow=4, padding=1, pad_value=1.0
+        )
+    save_image(grid, out / "inpaint_all.png", nrow=4, padding=1, pad_value=1.0)
+    torch.save(
+        {"original": images, "mask": masks, "result": result, "names": names}, out / "inpaint.pt"
+    )
+    metrics = score(
+        result,
+        images,
+        masks,
+        two_colour,
+        labels if two_colour else None,
+        FAMILIES if two_colour else (),
+        kind_idx,
+        spec.kinds,
+    )
+    metrics["n"] = n
+    write_json(out / "inpaint_metrics.json", metrics)
+    log.info("Wrote %d inpainting panels, inpaint_all.png and inpaint_metrics.json to %s", n, out)
+    return {"dir": str(out), "n": n, **{k: v for k, v in metrics.items() if "/" not in k}}

@@ -110,6 +110,10 @@ def _yaml(path: Path) -> Any:
 def read_descriptor(path: Path) -> dict[str, str] | None:
     """Config-group choices and command-line overrides of a Hydra job (None without .hydra/)."""
     hydra_dir = path / ".hydra"
+    if not (hydra_dir / "overrides.yaml").exists():
+        # hydra.output_subdir is .hydra/<start time>: the first invocation made the run's config
+        subdirs = sorted(p for p in hydra_dir.glob("*") if (p / "overrides.yaml").exists())
+        hydra_dir = subdirs[0] if subdirs else hydra_dir
     overrides = _yaml(hydra_dir / "overrides.yaml")
     hydra_cfg = _yaml(hydra_dir / "hydra.yaml")
     if overrides is None and hydra_cfg is None:

@@ -86,6 +86,8 @@ def peers(channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
         )  # fmt: skip
     except ImportError:
         pass
+    if size % 8:  # its three down-samplings need a multiple of 8 (so 32x32 only)
+        return out
     try:
         from denoising_diffusion_pytorch import Unet
 

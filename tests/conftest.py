@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,14 @@ def cifar_batches(tmp_path_factory, cifar_folder) -> Path:
             with open(folder / name, "wb") as fh:
                 pickle.dump({b"data": data[part], b"labels": labels[part]}, fh)
     return root
+
+
+def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m diffusion_lab.<module> args...` from the repository root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", f"diffusion_lab.{module}", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )

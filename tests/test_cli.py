@@ -1,24 +1,17 @@
 """Bad input as a user meets it: one `error:` line naming the key, exit code 2, no traceback."""
 
 import subprocess
-import sys
 
 import pytest
 
 from diffusion_lab.cli import run_task
 from diffusion_lab.training.run import sample, train
 
-from .conftest import ROOT, compose_cfg
+from .conftest import compose_cfg, run_module
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"diffusion_lab.{module}", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=180,
-    )
+    return run_module(module, *args, timeout=180)
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,6 @@
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,28 +12,20 @@ from diffusion_lab.cli import _record_failure
 from diffusion_lab.compare import main as compare_main
 from diffusion_lab.viz.report import compare
 
-from .conftest import ROOT, TINY_PATTERNS, compose_cfg
+from .conftest import TINY_PATTERNS, compose_cfg, run_module
 
 
 @pytest.fixture(scope="module")
 def multirun(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("multirun")
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "diffusion_lab.train",
-            "-m",
-            "model=basic_unet,efficient_unet",
-            "seed=1,2",
-            *TINY_PATTERNS,
-            "trainer.max_epochs=2",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
+    res = run_module(
+        "train",
+        "-m",
+        "model=basic_unet,efficient_unet",
+        "seed=1,2",
+        *TINY_PATTERNS,
+        "trainer.max_epochs=2",
+        f"hydra.sweep.dir={sweep}",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     return sweep

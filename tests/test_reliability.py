@@ -1,7 +1,6 @@
 """Crash safety, exact resume, determinism, precision, DDP on CPU and the submitit launcher."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from diffusion_lab.cli import run_task
 from diffusion_lab.training.build import load_module
 from diffusion_lab.training.run import train
 
-from .conftest import ROOT, TINY_PATTERNS, compose_cfg
+from .conftest import TINY_PATTERNS, compose_cfg, run_module
 
 # 4 batches per epoch, 3 epochs, last.ckpt every 2 steps, every step's loss logged
 RESUMABLE = [
@@ -28,13 +27,7 @@ RESUMABLE = [
 
 
 def run_train(run_dir: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    res = subprocess.run(
-        [sys.executable, "-m", "diffusion_lab.train", *args, f"hydra.run.dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
+    res = run_module("train", *args, f"hydra.run.dir={run_dir}", timeout=300)
     if check:
         assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -140,11 +133,14 @@ def test_ddp_cpu_two_processes_one_run_directory(tmp_path):
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-m", "diffusion_lab.train", "-m", "hydra/launcher=local", *TINY_PATTERNS,
-         "seed=1,2", f"hydra.sweep.dir={tmp_path}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-    )  # fmt: skip
+    res = run_module(
+        "train",
+        "-m",
+        "hydra/launcher=local",
+        *TINY_PATTERNS,
+        "seed=1,2",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     for job in ("0", "1"):
         assert (tmp_path / job / "metrics.json").is_file()

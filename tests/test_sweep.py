@@ -3,8 +3,6 @@ search config runs trials through Hydra's Optuna sweeper plugin."""
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -17,7 +15,7 @@ from omegaconf import open_dict
 from diffusion_lab.cli import run_task
 from diffusion_lab.errors import UserError
 
-from .conftest import CONF, ROOT, TINY_PATTERNS
+from .conftest import CONF, ROOT, TINY_PATTERNS, run_module
 
 
 @pytest.fixture
@@ -80,22 +78,14 @@ def test_successful_job_returns_the_optimized_metric(hydra_job):
 
 def test_optuna_search_runs_trials(tmp_path):
     sweep = tmp_path / "optuna"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "diffusion_lab.train",
-            "hparams_search=optuna_val_loss",
-            "hydra.sweeper.n_trials=3",
-            *TINY_PATTERNS,
-            # a smaller width choice than the config's, through the same list-valued choice
-            "model.channels=choice([8,16],[12,24])",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
+    res = run_module(
+        "train",
+        "hparams_search=optuna_val_loss",
+        "hydra.sweeper.n_trials=3",
+        *TINY_PATTERNS,
+        # a smaller width choice than the config's, through the same list-valued choice
+        "model.channels=choice([8,16],[12,24])",
+        f"hydra.sweep.dir={sweep}",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())

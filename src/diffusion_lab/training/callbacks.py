@@ -20,6 +20,22 @@ def tensorboard(trainer: pl.Trainer):
     return None
 
 
+def save_grid(trainer: pl.Trainer, images: torch.Tensor, nrow: int, path: Path, tag: str) -> None:
+    """One image grid (values in [0, 1]) as a PNG and as a TensorBoard image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = make_grid(images, nrow=nrow, padding=1, pad_value=1.0)
+    save_image(grid, path)
+    tb = tensorboard(trainer)
+    if tb is not None:
+        tb.add_image(tag, grid, trainer.global_step)
+
+
+def due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """At the end of validation: is this an epoch to act on (not the sanity check)?"""
+    epoch = trainer.current_epoch + 1
+    return not trainer.sanity_checking and every_n_epochs > 0 and epoch % every_n_epochs == 0
+
+
 class SampleGrid(pl.Callback):
     """Samples a fixed-seed grid every `every_n_epochs` and at the end; PNG + TensorBoard image.
 
@@ -47,21 +63,11 @@ class SampleGrid(pl.Callback):
     @rank_zero_only
     def _save(self, trainer: pl.Trainer, module, name: str) -> None:
         images, nrow = self._grid(module)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_image(images, self.output_dir / f"{name}.png", nrow=nrow, padding=1, pad_value=1.0)
-        tb = tensorboard(trainer)
-        if tb is not None:
-            tb.add_image(
-                "samples",
-                make_grid(images, nrow=nrow, padding=1, pad_value=1.0),
-                trainer.global_step,
-            )
+        save_grid(trainer, images, nrow, self.output_dir / f"{name}.png", "samples")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module) -> None:
-        epoch = trainer.current_epoch + 1
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or epoch % self.every_n_epochs:
-            return
-        self._save(trainer, module, f"epoch_{epoch:03d}")
+        if due(trainer, self.every_n_epochs):
+            self._save(trainer, module, f"epoch_{trainer.current_epoch + 1:03d}")
 
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
         self._save(trainer, module, "final")

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
 from diffusion_lab.data.datamodules import PatternDataModule
 from diffusion_lab.data.loader import to_model_range
@@ -25,7 +25,7 @@ from diffusion_lab.evaluation.inpainting import (
     masked_pixel_correct,
 )
 from diffusion_lab.training.build import build_datamodule, load_module
-from diffusion_lab.training.callbacks import tensorboard, write_json
+from diffusion_lab.training.callbacks import due, save_grid, write_json
 
 log = logging.getLogger("diffusion_lab")
 
@@ -168,21 +168,13 @@ class InpaintValidation(pl.Callback):
             for k, v in metrics.items():
                 module.log(k, v, on_epoch=True, batch_size=self.n)
         if trainer.is_global_zero:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            save_image(grid, self.output_dir / f"{name}.png", nrow=ncol, padding=1, pad_value=1.0)
-            tb = tensorboard(trainer)
-            if tb is not None:
-                tb.add_image(
-                    "inpainting",
-                    make_grid(grid, nrow=ncol, padding=1, pad_value=1.0),
-                    trainer.global_step,
-                )
+            save_grid(trainer, grid, ncol, self.output_dir / f"{name}.png", "inpainting")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module) -> None:
-        epoch = trainer.current_epoch + 1
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or epoch % self.every_n_epochs:
-            return
-        self._run(trainer, module, f"inpaint_epoch_{epoch:03d}", log_metrics=True)
+        if due(trainer, self.every_n_epochs):
+            self._run(
+                trainer, module, f"inpaint_epoch_{trainer.current_epoch + 1:03d}", log_metrics=True
+            )
 
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
         self._run(trainer, module, "inpaint_final", log_metrics=False)

@@ -1,0 +1,1 @@
+"""Evaluation: CLIP scoring and guidance, FID/KID, class accuracy of samples."""

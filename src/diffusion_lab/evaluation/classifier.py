@@ -1,0 +1,139 @@
+"""A small CNN classifier of a dataset's own images: the offline feature network for FID/KID
+and the judge of class accuracy for conditional samples.
+
+Fast on a CPU by design (strided convs, ~0.1M parameters): 10k MNIST images x 3 epochs take
+seconds to tens of seconds on 2 cores. Images are float in [-1, 1], [N, C, H, W], any size >= 8.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffusion_lab.errors import require
+
+
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallClassifier(nn.Module):
+    """conv 16 -> conv 32 /2 -> conv 64 /2 -> conv 64 -> 4x4 average pool -> linear + ReLU
+    (128-d features) -> linear (logits). `features(x)` is what FID/KID compare."""
+
+    feature_dim = 128
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__()
+        require(in_channels >= 1, f"classifier in_channels={in_channels} must be >= 1")
+        require(image_size >= 8, f"classifier image_size={image_size} must be >= 8")
+        require(num_classes >= 2, f"classifier num_classes={num_classes} must be >= 2")
+        self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
+        self.body = nn.Sequential(
+            _block(in_channels, 16, 1),
+            _block(16, 32, 2),
+            _block(32, 64, 2),
+            _block(64, 64, 1),
+            # a 4x4 pooled map, not a global average: where the strokes are matters (6 vs 9)
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(64 * 16, self.feature_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] in [-1, 1] -> [B, 128]."""
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
+            )
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def _shift(x: Tensor, g: torch.Generator, max_shift: int) -> Tensor:
+    """Random translation by up to max_shift pixels (one offset per batch; cheap augmentation
+    that keeps the classifier from keying on exact pixel positions)."""
+    if max_shift <= 0:
+        return x
+    dx, dy = torch.randint(-max_shift, max_shift + 1, (2,), generator=g).tolist()
+    pad = F.pad(x, (max_shift,) * 4, value=-1.0)
+    h, w = x.shape[-2:]
+    return pad[..., max_shift + dy : max_shift + dy + h, max_shift + dx : max_shift + dx + w]
+
+
+def train_classifier(
+    images: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    epochs: int = 3,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> SmallClassifier:
+    """Train a SmallClassifier on float images in [-1, 1] [N, C, H, W]; returned in eval mode.
+
+    Adam with a cosine learning-rate decay over all steps; deterministic for a seed.
+    """
+    require(images.ndim == 4, f"classifier images must be [N, C, H, W], got {tuple(images.shape)}")
+    require(len(images) == len(labels) > 0, "classifier needs as many labels as images (> 0)")
+    require(epochs >= 1, f"classifier epochs={epochs} must be >= 1")
+    require(batch_size >= 1, f"classifier batch_size={batch_size} must be >= 1")
+    images, labels = images.float(), labels.long()
+    require(
+        int(labels.min()) >= 0 and int(labels.max()) < num_classes,
+        f"classifier labels must be in 0..{num_classes - 1}",
+    )
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
+        torch.manual_seed(seed)
+        model = SmallClassifier(images.shape[1], images.shape[-1], num_classes)
+    device = images.device
+    model.to(device)
+    g = torch.Generator().manual_seed(seed)
+    n = len(images)
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
+    )
+    max_shift = max(1, images.shape[-1] // 14)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g).to(device)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            x = _shift(images[idx], g, max_shift)
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
+    """Predicted class of each image, [N] long."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = [
+        model(images[i : i + batch_size].float().to(device)).argmax(1).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 512) -> float:
+    """Fraction of images whose predicted class equals the label."""
+    require(len(images) == len(labels) > 0, "accuracy needs as many labels as images (> 0)")
+    return float((predict(model, images, batch_size) == labels.cpu().long()).float().mean())

@@ -33,8 +33,14 @@ def _ri(g: torch.Generator, n: int, lo: int, hi: int) -> Tensor:
     return torch.randint(lo, hi + 1, (n,), generator=g).float()
 
 
-def _family_masks(family: int, n: int, size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Boolean foreground maps [n, size, size] and the scale attribute [n] for one family."""
+def _family_masks(
+    family: int, n: int, size: int, g: torch.Generator, info: dict | None = None
+) -> tuple[Tensor, Tensor]:
+    """Boolean foreground maps [n, size, size] and the scale attribute [n] for one family.
+
+    `info`, if given, receives the family's discrete parameters (stripe orientation, concentric
+    shape) without drawing any extra random numbers."""
+    info = {} if info is None else info
     k = size / 32  # parameter ranges are given for 32 px and scaled to the image size
     ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     x, y = xs[None], ys[None]
@@ -52,6 +58,7 @@ def _family_masks(family: int, n: int, size: int, g: torch.Generator) -> tuple[T
     elif family == 1:  # stripes: horizontal, vertical, diagonal, anti-diagonal
         period = _ri(g, n, max(2, round(4 * k)), max(3, round(12 * k)))
         orient = torch.randint(0, 4, (n,), generator=g)
+        info["orientation"] = orient
         coord = torch.stack([y.expand(n, -1, -1)[0], x[0], x[0] + y[0], x[0] - y[0]])[orient]
         phase = _u(g, n, 0, 12)
         fg = torch.remainder(coord + col(phase), col(period)) < col(period) / 2
@@ -89,6 +96,7 @@ def _family_masks(family: int, n: int, size: int, g: torch.Generator) -> tuple[T
         cx, cy = _u(g, n, 0.25, 0.75) * size, _u(g, n, 0.25, 0.75) * size
         dx, dy = (x - col(cx)).abs(), (y - col(cy)).abs()
         shape = torch.randint(0, 3, (n,), generator=g)
+        info["shape"] = shape
         dist = torch.stack([(dx**2 + dy**2).sqrt(), torch.maximum(dx, dy), dx + dy], 1)
         dist = dist[torch.arange(n), shape]
         fg = torch.floor(dist / col(width)) % 2 == 0
@@ -116,17 +124,38 @@ def generate_patterns(
     n: int, size: int = 32, seed: int = 0, families: tuple[int, ...] | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """n patterns as (uint8 images [n, 3, size, size], family labels [n], scale attribute [n])."""
+    images, labels, scale, _ = generate_patterns_with_info(n, size, seed, families)
+    return images, labels, scale
+
+
+# discrete pattern parameters reported by generate_patterns_with_info (-1 = not applicable)
+ORIENTATIONS = ("horizontal", "vertical", "diagonal", "anti-diagonal")
+CONCENTRIC_SHAPES = ("circles", "squares", "diamonds")
+
+
+def generate_patterns_with_info(
+    n: int, size: int = 32, seed: int = 0, families: tuple[int, ...] | None = None
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """generate_patterns plus each sample's parameters (same images for the same seed):
+    "red_foreground" (bool: the family's foreground - stripes, dots, lines, rings - is red),
+    "orientation" (stripes: index into ORIENTATIONS, else -1), "shape" (concentric: index
+    into CONCENTRIC_SHAPES, else -1). Used to caption patterns for the domain CLIP."""
     g = torch.Generator().manual_seed(seed)
     families = tuple(range(len(FAMILIES))) if families is None else families
     labels = torch.tensor(families)[torch.randint(0, len(families), (n,), generator=g)]
     fg = torch.zeros(n, size, size, dtype=torch.bool)
     scale = torch.zeros(n, dtype=torch.long)
+    params = {k: torch.full((n,), -1, dtype=torch.long) for k in ("orientation", "shape")}
     for fam in families:
         idx = (labels == fam).nonzero().squeeze(1)
         if len(idx):
-            fg[idx], scale[idx] = _family_masks(fam, len(idx), size, g)
+            info: dict[str, Tensor] = {}
+            fg[idx], scale[idx] = _family_masks(fam, len(idx), size, g, info)
+            for key, value in info.items():
+                params[key][idx] = value
     swap = torch.rand(n, generator=g) < 0.5  # random colour order
     fg = fg ^ swap[:, None, None]
     red, blue = torch.tensor(RED, dtype=torch.uint8), torch.tensor(BLUE, dtype=torch.uint8)
     images = torch.where(fg[:, None], red[None, :, None, None], blue[None, :, None, None])
-    return images.contiguous(), labels, scale
+    params["red_foreground"] = ~swap
+    return images.contiguous(), labels, scale, params

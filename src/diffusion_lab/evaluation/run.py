@@ -1,0 +1,539 @@
+"""What `python -m diffusion_lab.evaluate` does, as plain functions of a config.
+
+task=evaluate   (default) sample from a checkpoint and compute metrics=[fid,kid,clip,accuracy];
+                eval.json + eval.md in the run directory, TensorBoard hparams.
+task=train_clip train the pattern-set domain CLIP (evaluation/domain_clip.py).
+task=clip_guide sample with and without CLIP guidance towards a prompt; grid + scores.
+"""
+
+import csv
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torchvision.utils import save_image
+
+from diffusion_lab.data.loader import to_model_range
+from diffusion_lab.errors import require
+from diffusion_lab.evaluation.classifier import SmallClassifier, accuracy, train_classifier
+from diffusion_lab.evaluation.clip_score import (
+    ClipScorer,
+    ClipScores,
+    clip_guided_generate,
+    format_prompt,
+    load_clip_from_config,
+    top_k_per_class,
+)
+from diffusion_lab.evaluation.fid import (
+    DatasetFeatures,
+    FeatureDistance,
+    InceptionFeatures,
+    inception_weights,
+)
+from diffusion_lab.training.build import build_datamodule, load_module
+from diffusion_lab.training.callbacks import write_json
+
+log = logging.getLogger("diffusion_lab")
+
+METRICS = ("fid", "kid", "clip", "accuracy")
+TASKS = ("evaluate", "train_clip", "clip_guide")
+DATASET_KEYS = {
+    "PatternDataModule": "patterns",
+    "MNISTDataModule": "mnist",
+    "FashionMNISTDataModule": "fashion_mnist",
+    "CIFAR10DataModule": "cifar10",
+    "DigitsDataModule": "digits",
+    "ImageFolderDataModule": "folder",
+}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    task = cfg.get("task", "evaluate")
+    require(task in TASKS, f"task={task!r} is not one of {list(TASKS)}")
+    return {"evaluate": evaluate, "train_clip": train_clip, "clip_guide": clip_guide}[task](cfg)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def dataset_key(train_cfg: DictConfig) -> str:
+    cls = str(train_cfg.data._target_).rsplit(".", 1)[-1]
+    return DATASET_KEYS.get(cls, cls.lower())
+
+
+def run_dir_for(cfg: DictConfig, ckpt_path: str) -> Path:
+    """The training run a checkpoint belongs to (run/checkpoints/x.ckpt -> run), unless
+    output_dir says otherwise; else this command's own Hydra directory."""
+    if cfg.get("output_dir"):
+        return Path(cfg.output_dir)
+    ckpt = Path(ckpt_path).resolve()
+    if ckpt.parent.name == "checkpoints":
+        return ckpt.parent.parent
+    return Path(cfg.paths.output_dir)
+
+
+def load_data(train_cfg: DictConfig, data_root: str | None):
+    if data_root:
+        with open_dict(train_cfg):
+            train_cfg.data.root = data_root
+    dm = build_datamodule(train_cfg)
+    dm.setup("fit")
+    return dm
+
+
+def generate(
+    module, n: int, labels: torch.Tensor | None, sampler: dict, seed: int, batch_size: int
+) -> tuple[torch.Tensor, float]:
+    """n samples in batches (seed + batch index); returns (images on CPU, seconds)."""
+    out = []
+    t0 = time.perf_counter()
+    for b, i in enumerate(range(0, n, batch_size)):
+        lab = labels[i : i + batch_size] if labels is not None else None
+        m = min(batch_size, n - i)
+        out.append(module.generate(m, labels=lab, sampler=sampler, seed=seed + b).cpu())
+    return torch.cat(out), time.perf_counter() - t0
+
+
+def feature_classifier(
+    cache_dir: Path, dm, settings: dict[str, Any], device: torch.device, data_id: str = ""
+) -> tuple[SmallClassifier, dict[str, Any]]:
+    """The dataset's SmallClassifier: loaded from cache_dir/eval/ when trained with the same
+    settings on the same data, else trained on dm's training data (and cached); with its
+    accuracy on dm's validation images. settings: train_size, epochs, batch_size, lr, seed."""
+    meta = {
+        "data": data_id or type(dm).__name__,
+        "channels": int(dm.channels),
+        "image_size": int(dm.image_size),
+        "num_classes": int(dm.num_classes),
+        "train_size": settings.get("train_size"),
+        "epochs": int(settings.get("epochs", 3)),
+        "batch_size": int(settings.get("batch_size", 128)),
+        "lr": float(settings.get("lr", 1e-3)),
+        "seed": int(settings.get("seed", 0)),
+    }
+    path = Path(cache_dir) / "eval" / "feature_classifier.pt"
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("meta") == meta:
+            model = SmallClassifier(meta["channels"], meta["image_size"], meta["num_classes"])
+            model.load_state_dict(saved["state_dict"])
+            log.info("Feature classifier: cached %s", path)
+            return model.to(device).eval(), saved["info"]
+    train = dm.train_data
+    n = len(train["image"])
+    if meta["train_size"] is not None:
+        n = min(int(meta["train_size"]), n)
+    log.info("Training the feature classifier on %d training images (%d epochs)", n, meta["epochs"])
+    t0 = time.perf_counter()
+    model = train_classifier(
+        to_model_range(train["image"][:n]).to(device),
+        train["label"][:n].to(device),
+        meta["num_classes"],
+        epochs=meta["epochs"],
+        batch_size=meta["batch_size"],
+        lr=meta["lr"],
+        seed=meta["seed"],
+    )
+    val = dm.val_data
+    info = {
+        "train_images": n,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "val_accuracy": accuracy(model, to_model_range(val["image"]).to(device), val["label"]),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"meta": meta, "info": info, "state_dict": model.state_dict()}, path)
+    log.info("Feature classifier: val accuracy %.4f, cached in %s", info["val_accuracy"], path)
+    return model, info
+
+
+def feature_network(
+    fcfg: DictConfig, classifier: SmallClassifier | None
+) -> tuple[torch.nn.Module, str]:
+    kind = fcfg.features
+    require(kind in ("dataset", "inception"), f"fid.features={kind!r} must be dataset or inception")
+    if kind == "dataset":
+        return DatasetFeatures(classifier), "dataset classifier (SmallClassifier, 128-d)"
+    path = inception_weights(
+        fcfg.get("inception_weights"), bool(fcfg.download), fcfg.connect_timeout
+    )
+    dim = int(fcfg.inception_dim)
+    return InceptionFeatures(
+        path, dim
+    ), f"InceptionV3 pool features ({dim}-d, {path or 'downloaded'})"
+
+
+def clip_settings(ccfg: DictConfig, key: str, class_names: list[str]) -> dict[str, Any]:
+    """Prompt set, class prompt and class texts for a dataset from the clip config."""
+    prompts = ccfg.prompts.get(key)
+    require(
+        prompts is not None,
+        f"clip.prompts has no entry for dataset {key!r} (has: {list(ccfg.prompts)}); add clip.prompts.{key}=[...]",
+    )
+    texts = (ccfg.get("class_texts") or {}).get(key) or class_names
+    require(
+        len(texts) == len(class_names),
+        f"clip.class_texts.{key} needs {len(class_names)} entries, got {len(texts)}",
+    )
+    return {
+        "prompts": list(prompts),
+        "class_prompt": ccfg.class_prompt.get(key, "a photo of a {class}"),
+        "class_texts": list(texts),
+    }
+
+
+def write_topk(
+    out_dir: Path,
+    images: torch.Tensor,
+    scores: ClipScores,
+    class_names: list[str],
+    top_k: int,
+    rank_by: str,
+) -> dict[str, str]:
+    """top_k.png (one row per class, the k best by rank_by, scores in the captions) and
+    clip_scores.csv (every sample's scores, its rank in its class, whether it was kept)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = scores.ranking(rank_by)
+    best = top_k_per_class(values, scores.labels, len(class_names), top_k)
+    rank = torch.full((len(images),), -1, dtype=torch.long)
+    for c in range(len(class_names)):
+        idx = (scores.labels == c).nonzero().squeeze(1)
+        rank[idx[values[idx].argsort(descending=True)]] = torch.arange(len(idx))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "clip_scores.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["index", "class", "class_name", "similarity"]
+            + [f"p[{p}]" for p in scores.prompts]
+            + ["rank_in_class", "selected"]
+        )
+        for i in range(len(images)):
+            c = int(scores.labels[i])
+            w.writerow(
+                [i, c, class_names[c], f"{scores.similarity[i]:.4f}"]
+                + [f"{v:.4f}" for v in scores.probs[i].tolist()]
+                + [int(rank[i]), int(0 <= rank[i] < top_k)]
+            )
+    rows = [c for c in range(len(class_names)) if len(best[c])]
+    fig, axes = plt.subplots(
+        len(rows), top_k, figsize=(1.6 * top_k + 1.2, 1.75 * len(rows)), squeeze=False
+    )
+    key_prompt = rank_by if rank_by == "similarity" else "p"
+    for r, c in enumerate(rows):
+        for j in range(top_k):
+            ax = axes[r][j]
+            ax.axis("off")
+            if j >= len(best[c]):
+                continue
+            i = int(best[c][j])
+            img = ((images[i].float() + 1) / 2).clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            rank_val = float(values[i])
+            ax.set_title(
+                f"{key_prompt} {rank_val:.2f}\nsim {float(scores.similarity[i]):.3f}", fontsize=7
+            )
+        axes[r][0].text(
+            -0.15,
+            0.5,
+            class_names[c],
+            transform=axes[r][0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=8,
+        )
+    fig.suptitle(f"top {top_k} per class by {rank_by}", fontsize=9)
+    fig.tight_layout()
+    png = out_dir / "top_k.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return {"top_k_png": str(png), "scores_csv": str(csv_path)}
+
+
+def flat_hparams(train_cfg: DictConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    """Training settings worth comparing across a sweep, flattened for TensorBoard's hparams."""
+    keys = (
+        "data._target_",
+        "model._target_",
+        "model.channels",
+        "model.time_dim",
+        "schedule.name",
+        "schedule.timesteps",
+        "diffusion.objective",
+        "diffusion.loss_weighting",
+        "conditioning.p_uncond",
+        "conditioning.guidance_scale",
+        "optimizer.lr",
+        "data.batch_size",
+        "trainer.max_epochs",
+        "ema_decay",
+        "seed",
+    )
+    out: dict[str, Any] = {}
+    for k in keys:
+        v = OmegaConf.select(train_cfg, k)
+        if v is None:
+            continue
+        if isinstance(v, str) and k.endswith("_target_"):
+            v = v.rsplit(".", 1)[-1]
+        out[k.replace("._target_", "")] = (
+            v if isinstance(v, bool | int | float | str) else str(OmegaConf.to_container(v))
+        )
+    out.update(
+        {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in extra.items()}
+    )
+    return out
+
+
+def log_tensorboard(
+    run_dir: Path, name: str, hparams: dict[str, Any], metrics: dict[str, float]
+) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    logdir = run_dir / "tensorboard" / name
+    with SummaryWriter(str(logdir)) as w:
+        w.add_hparams(hparams, metrics, run_name=".")
+    return logdir
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# Evaluation of `{results['ckpt_path']}`", ""]
+    s = results["sampler"]
+    lines += [
+        f"- samples: {results['n_samples']} ({s.get('name')}"
+        + (f", {s.get('steps')} steps" if s.get("name") == "ddim" else "")
+        + f"), {results['seconds_per_1000_samples']:.1f} s per 1,000 samples on {results['device']}",
+    ]
+    if "feature_network" in results:
+        lines.append(
+            f"- FID/KID features: {results['feature_network']} (not comparable with other feature networks)"
+        )
+    if "classifier" in results:
+        c = results["classifier"]
+        lines.append(
+            f"- judge classifier: val accuracy {c['val_accuracy']:.4f} on real images "
+            f"(trained on {c['train_images']} training images)"
+        )
+    lines += ["", "| metric | value |", "|---|---:|"]
+    for k in ("fid", "kid", "kid_std", "accuracy", "clip_similarity"):
+        if k in results:
+            lines.append(f"| {k} | {results[k]:.4f} |")
+    for k, v in results.get("clip_prompt_probs", {}).items():
+        lines.append(f"| p[{k}] | {v:.4f} |")
+    for k in ("top_k_png", "scores_csv"):
+        if k in results:
+            lines.append(f"\n{k}: `{results[k]}`")
+    return "\n".join(lines) + "\n"
+
+
+# ---- tasks -----------------------------------------------------------------------------------
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Sample from a checkpoint and compute the chosen metrics."""
+    require(cfg.get("ckpt_path"), "ckpt_path=... is required (a .ckpt file from a training run)")
+    metrics = list(cfg.metrics)
+    bad = [m for m in metrics if m not in METRICS]
+    require(not bad, f"metrics: {bad} not known; choose from {list(METRICS)}")
+    n = int(cfg.n_samples)
+    require(n >= 2, f"n_samples={n} must be >= 2")
+    device = pick_device(cfg.device)
+    module, train_cfg = load_module(cfg.ckpt_path)
+    module.to(device)
+    run_dir = run_dir_for(cfg, cfg.ckpt_path)
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else {}
+    sampler = {**module.sampler, **sampler}
+    k = module.num_classes
+    if "accuracy" in metrics:
+        require(
+            k > 0,
+            "metrics=[accuracy] needs a class-conditional checkpoint (this one has no labels)",
+        )
+    # the data first: a missing dataset is a clear error before minutes of sampling
+    dm = (
+        load_data(train_cfg, cfg.get("data_root"))
+        if {"fid", "kid", "accuracy", "clip"} & set(metrics)
+        else None
+    )
+    labels = torch.arange(n) % k if k else None
+    log.info("Sampling %d images (%s) on %s", n, sampler, device)
+    images, seconds = generate(module, n, labels, sampler, int(cfg.seed), int(cfg.batch_size))
+    results: dict[str, Any] = {
+        "ckpt_path": str(cfg.ckpt_path),
+        "sampler": sampler,
+        "n_samples": n,
+        "device": str(device),
+        "sample_seconds": seconds,
+        "seconds_per_1000_samples": seconds / n * 1000,
+    }
+    classifier = None
+    if {"fid", "kid", "accuracy"} & set(metrics):
+        if "accuracy" in metrics or cfg.fid.features == "dataset":
+            settings = OmegaConf.to_container(cfg.classifier, resolve=True)
+            data_id = str(train_cfg.data._target_)
+            classifier, info = feature_classifier(run_dir, dm, settings, device, data_id)
+            results["classifier"] = info
+    if {"fid", "kid"} & set(metrics):
+        feature, desc = feature_network(cfg.fid, classifier)
+        dist = FeatureDistance(
+            feature,
+            kid_subsets=int(cfg.fid.kid_subsets),
+            kid_subset_size=int(cfg.fid.kid_subset_size),
+            device=device,
+        )
+        real = dm.val_data["image"]
+        if cfg.fid.n_real is not None:
+            real = real[: int(cfg.fid.n_real)]
+        dist.add_real(to_model_range(real))
+        results.update(dist.score(images, tuple(m for m in ("fid", "kid") if m in metrics)))
+        results["feature_network"] = desc
+        results["n_real"] = len(real)
+    if "accuracy" in metrics:
+        results["accuracy"] = accuracy(classifier, images.to(device), labels)
+    if "clip" in metrics:
+        results.update(clip_metrics(cfg, run_dir, dm, train_cfg, images, labels, device))
+    tag = f"_{cfg.tag}" if cfg.get("tag") else ""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / f"eval{tag}.json", results)
+    (run_dir / f"eval{tag}.md").write_text(markdown(results))
+    scalars = {
+        f"eval/{k}": float(results[k])
+        for k in ("fid", "kid", "accuracy", "clip_similarity", "seconds_per_1000_samples")
+        if k in results
+    }
+    extra = {
+        "eval.sampler": sampler.get("name"),
+        "eval.steps": sampler.get("steps")
+        if sampler.get("name") == "ddim"
+        else module.diffusion.num_timesteps,
+        "eval.n_samples": n,
+        "eval.features": cfg.fid.features,
+    }
+    tb = log_tensorboard(run_dir, f"eval{tag}", flat_hparams(train_cfg, extra), scalars)
+    log.info("Results: %s", {k: v for k, v in scalars.items()})
+    log.info(
+        "Wrote %s, %s and TensorBoard hparams in %s",
+        run_dir / f"eval{tag}.json",
+        run_dir / f"eval{tag}.md",
+        tb,
+    )
+    return results
+
+
+def clip_metrics(
+    cfg: DictConfig,
+    run_dir: Path,
+    dm,
+    train_cfg: DictConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """CLIP scores of every sample, the top-k per class (grid + CSV) and their means."""
+    ccfg = cfg.clip
+    class_names = list(dm.class_names) or [str(i) for i in range(dm.num_classes)]
+    s = clip_settings(ccfg, dataset_key(train_cfg), class_names)
+    scorer = ClipScorer(load_clip_from_config(ccfg, device))
+    scores = scorer.score(images, s["class_texts"], s["prompts"], s["class_prompt"], labels)
+    tag = f"_{cfg.tag}" if cfg.get("tag") else ""
+    files = write_topk(
+        run_dir / f"clip{tag}", images, scores, s["class_texts"], int(ccfg.top_k), str(ccfg.rank_by)
+    )
+    return {
+        "clip_model": f"{scorer.clip.name} ({scorer.clip.weights})",
+        "clip_similarity": float(scores.similarity.mean()),
+        "clip_prompt_probs": {p: float(v) for p, v in zip(s["prompts"], scores.probs.mean(0))},
+        **files,
+    }
+
+
+def train_clip(cfg: DictConfig) -> dict[str, Any]:
+    """Train the pattern-set domain CLIP into clip.train.output_dir."""
+    from diffusion_lab.evaluation.domain_clip import train_domain_clip
+
+    ccfg = cfg.clip
+    require(
+        ccfg.get("train") is not None and ccfg.get("architecture") is not None,
+        "task=train_clip needs a clip config with `architecture` and `train` (use clip=domain_patterns)",
+    )
+    t = OmegaConf.to_container(ccfg.train, resolve=True)
+    out = Path(t.pop("output_dir"))
+    log.info(
+        "Training the domain CLIP (%d steps, batch %d) into %s", t["steps"], t["batch_size"], out
+    )
+    metrics = train_domain_clip(out, OmegaConf.to_container(ccfg.architecture, resolve=True), **t)
+    log.info(
+        "Zero-shot family accuracy on %d held-out patterns: %.4f (%.0f s); use it with clip.model=local-dir:%s",
+        metrics["held_out_patterns"],
+        metrics["zero_shot_family_accuracy"],
+        metrics["train_seconds"],
+        out,
+    )
+    return metrics
+
+
+def clip_guide(cfg: DictConfig) -> dict[str, Any]:
+    """Samples with and without CLIP guidance from the same noise; a two-row-per-class grid
+    (unguided above guided) and the CLIP similarity to the prompt before and after."""
+    require(cfg.get("ckpt_path"), "ckpt_path=... is required (a .ckpt file from a training run)")
+    device = pick_device(cfg.device)
+    module, train_cfg = load_module(cfg.ckpt_path)
+    module.to(device)
+    g = cfg.guide
+    scorer = ClipScorer(load_clip_from_config(cfg.clip, device))
+    k = module.num_classes
+    per = int(g.n_per_class)
+    labels = torch.arange(k).repeat_interleave(per) if k else None
+    n = len(labels) if labels is not None else per
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else {}
+    if g.get("prompt"):
+        texts = [str(g.prompt)] * n
+    else:
+        require(k > 0, "guide.prompt=... is required for an unconditional checkpoint")
+        dm_cls = build_datamodule(train_cfg)  # class names only: no data is loaded
+        names = list(dm_cls.class_names) or [str(i) for i in range(k)]
+        s = clip_settings(cfg.clip, dataset_key(train_cfg), names)
+        texts = [format_prompt(s["class_prompt"], s["class_texts"][int(c)]) for c in labels]
+    score_fn = scorer.similarity_fn(texts)
+    plain = clip_guided_generate(module, score_fn, n, 0.0, labels, sampler, int(cfg.seed))
+    t0 = time.perf_counter()
+    guided = clip_guided_generate(
+        module, score_fn, n, float(g.scale), labels, sampler, int(cfg.seed), bool(g.normalize)
+    )
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        before, after = score_fn(plain.to(device)).cpu(), score_fn(guided.to(device)).cpu()
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in range(max(k, 1)):
+        sl = slice(c * per, (c + 1) * per)
+        rows += [plain[sl], guided[sl]]
+    png = out / "clip_guided.png"
+    save_image((torch.cat(rows).float() + 1) / 2, png, nrow=per, padding=1, pad_value=1.0)
+    result = {
+        "ckpt_path": str(cfg.ckpt_path),
+        "prompt": str(g.prompt) if g.get("prompt") else "class prompt",
+        "scale": float(g.scale),
+        "similarity_unguided": float(before.mean()),
+        "similarity_guided": float(after.mean()),
+        "guided_seconds": seconds,
+        "png": str(png),
+        "mean_abs_change": float((guided - plain).abs().mean()),
+    }
+    write_json(out / "clip_guide.json", result)
+    log.info(
+        "CLIP similarity to the prompt: %.4f unguided -> %.4f guided; grid %s (rows: unguided, guided per class)",
+        result["similarity_unguided"],
+        result["similarity_guided"],
+        png,
+    )
+    return result

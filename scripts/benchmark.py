@@ -155,7 +155,8 @@ def main() -> None:
         "| model | shape | params | fwd MFLOP/img | plain img/s | framework img/s | ratio | % of matmul peak | sample img*step/s | peak RSS MiB |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for shape_name, (c, s) in SHAPES.items():
+    for shape_name in args.shapes.split(","):
+        c, s = SHAPES[shape_name]
         images = images_for((c, s))
         nets = {f"course {a}": partial(course_unet, a, c, s) for a in ("efficient", "basic")}
         nets.update(peers(c, s))

@@ -73,11 +73,14 @@ def train_model(args: argparse.Namespace, out: Path) -> str:
         "callbacks.sample_grid=null",
         "callbacks.inpaint_validation.samplers=[onepass]",
         "trainer.enable_model_summary=false",
+        "+trainer.enable_progress_bar=false",
     ]
     if args.steps:
-        overrides += [f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"]
+        overrides += [f"+trainer.max_steps={args.steps}", "trainer.max_epochs=100000"]
     if args.minutes:
-        overrides += [f"trainer.max_time={{minutes: {args.minutes}}}", "trainer.max_epochs=-1"]
+        sec = int(args.minutes * 60)  # Lightning's "DD:HH:MM:SS"
+        hms = f"00:{sec // 3600:02d}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
+        overrides += [f"trainer.max_time='{hms}'", "trainer.max_epochs=100000"]
     overrides += args.override
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
@@ -123,6 +126,8 @@ def table(results: dict[str, dict], kinds: tuple[str, ...]) -> str:
             "|---|" + "---:|" * (len(kinds) + 1),
         ]
         for fam in FAMILIES:
+            if fam not in r["family"]:
+                continue
             row = [cells.get(f"{fam}/{k}") for k in kinds]
             lines.append(
                 f"| {fam} | "
@@ -131,7 +136,7 @@ def table(results: dict[str, dict], kinds: tuple[str, ...]) -> str:
             )
         lines.append(
             "| **all** | "
-            + " | ".join(f"{100 * r['kind'][k]:.1f}" for k in kinds)
+            + " | ".join(f"{100 * r['kind'][k]:.1f}" if k in r["kind"] else "" for k in kinds)
             + f" | **{100 * r['overall']:.1f}** |"
         )
         lines.append("")
@@ -271,8 +276,10 @@ def main() -> None:
     # panel: one pattern per family under a rotating mask kind
     rows = []
     for i, _ in enumerate(FAMILIES):
-        idx = int(((fam == i) & (kind == i % len(KINDS))).nonzero()[0])
-        rows.append(idx)
+        hits = ((fam == i) & (kind == i % len(KINDS))).nonzero()
+        hits = hits if len(hits) else (fam == i).nonzero()
+        if len(hits):
+            rows.append(int(hits[0]))
     rows = torch.tensor(rows)
     cols = [truth[rows], masked_input(truth[rows], maskf[rows]), mask_as_image(maskf[rows])]
     names = ["original", "masked input", "mask"]

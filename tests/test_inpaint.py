@@ -87,26 +87,35 @@ def _inpaint_cfg(tmp_path, *extra):
     )
 
 
-@pytest.mark.parametrize("model", ["basic_unet", "efficient_unet", "gelu_unet", "attn_unet"])
-def test_every_unet_trains_mask_conditioned_and_pastes_known_pixels(tmp_path, model):
-    cfg = _inpaint_cfg(tmp_path, f"model={model}", "trainer.limit_train_batches=2")
+def test_training_logs_inpainting_metrics_and_panel(tmp_path):
+    cfg = _inpaint_cfg(tmp_path, "model=attn_unet", "trainer.limit_train_batches=2")
     with open_dict(cfg):
         cfg.callbacks.sample_grid = None
         cfg.callbacks.inpaint_validation.n = 8
     metrics = train(cfg)
     assert metrics["val/loss"] > 0 and 0 <= metrics["val/inpaint_ddim_acc"] <= 1
     assert 0 <= metrics["val/inpaint_onepass_acc_mask/half"] <= 1
+    assert 0 <= metrics["val/inpaint_onepass_acc_family/stripes"] <= 1
     assert Path(cfg.paths.output_dir, "samples", "inpaint_final.png").is_file()
-    module = build_module(cfg)
-    known, mask = two_colour(3), masks_of_kind("random_boxes", 3, 8).float()
+
+
+@pytest.mark.parametrize("model", ["basic_unet", "efficient_unet", "gelu_unet", "attn_unet"])
+def test_every_unet_steps_mask_conditioned_and_pastes_known_pixels(tmp_path, model):
+    module = build_module(_inpaint_cfg(tmp_path, f"model={model}"))
+    x, mask = two_colour(4), masks_of_kind("random_boxes", 4, 8)
+    batch = {"image": x, "label": torch.zeros(4, dtype=torch.long), "mask": mask}
+    loss = module._step(batch, "train", module.net)
+    loss.backward()
+    assert torch.isfinite(loss) and module.net.conv_in.weight.grad.abs().sum() > 0
+    known, maskf = x[:3], mask[:3].float()
     for sampler in (
         {"name": "ddim", "steps": 3},
         {"name": "onepass"},
         {"name": "repaint", "steps": 4, "jump_length": 2, "resamples": 2},
     ):
-        out = module.generate(3, known=known, mask=mask, sampler=sampler)
+        out = module.generate(3, known=known, mask=maskf, sampler=sampler)
         assert out.shape == (3, 3, 8, 8) and torch.isfinite(out).all()
-        assert torch.equal(out * mask, known * mask)
+        assert torch.equal(out * maskf, known * maskf)
         assert not torch.equal(out, known)  # the untrained net does not guess the fill
 
 

@@ -70,28 +70,15 @@ def _shift(x: Tensor, g: torch.Generator, max_shift: int) -> Tensor:
     return pad[..., max_shift + dy : max_shift + dy + h, max_shift + dx : max_shift + dx + w]
 
 
-def train_classifier(
+def _fit(
     images: Tensor,
     labels: Tensor,
     num_classes: int,
-    epochs: int = 3,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
 ) -> SmallClassifier:
-    """Train a SmallClassifier on float images in [-1, 1] [N, C, H, W]; returned in eval mode.
-
-    Adam with a cosine learning-rate decay over all steps; deterministic for a seed.
-    """
-    require(images.ndim == 4, f"classifier images must be [N, C, H, W], got {tuple(images.shape)}")
-    require(len(images) == len(labels) > 0, "classifier needs as many labels as images (> 0)")
-    require(epochs >= 1, f"classifier epochs={epochs} must be >= 1")
-    require(batch_size >= 1, f"classifier batch_size={batch_size} must be >= 1")
-    images, labels = images.float(), labels.long()
-    require(
-        int(labels.min()) >= 0 and int(labels.max()) < num_classes,
-        f"classifier labels must be in 0..{num_classes - 1}",
-    )
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
         torch.manual_seed(seed)
         model = SmallClassifier(images.shape[1], images.shape[-1], num_classes)
@@ -116,6 +103,37 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
+    return model
+
+
+def train_classifier(
+    images: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    epochs: int = 3,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> SmallClassifier:
+    """Train a SmallClassifier on float images in [-1, 1] [N, C, H, W]; returned in eval mode.
+
+    Adam with a one-cycle learning rate (warm-up, then cosine decay), random shifts of up to
+    image_size/14 pixels; deterministic for a seed.
+    """
+    require(images.ndim == 4, f"classifier images must be [N, C, H, W], got {tuple(images.shape)}")
+    require(len(images) == len(labels) > 0, "classifier needs as many labels as images (> 0)")
+    require(epochs >= 1, f"classifier epochs={epochs} must be >= 1")
+    require(batch_size >= 1, f"classifier batch_size={batch_size} must be >= 1")
+    images, labels = images.float(), labels.long()
+    require(
+        int(labels.min()) >= 0 and int(labels.max()) < num_classes,
+        f"classifier labels must be in 0..{num_classes - 1}",
+    )
+    # callable from anywhere, e.g. a Lightning validation hook (inference mode, no grad)
+    with torch.inference_mode(False), torch.enable_grad():
+        # clone: tensors made under inference mode cannot take part in autograd
+        images, labels = images.clone(), labels.clone()
+        model = _fit(images, labels, num_classes, epochs, batch_size, lr, seed)
     return model.eval()
 
 

@@ -154,19 +154,26 @@ def feature_classifier(
 
 
 def feature_network(
-    fcfg: DictConfig, classifier: SmallClassifier | None
+    fcfg: DictConfig, classifier: SmallClassifier | None, weights: str | None = None
 ) -> tuple[torch.nn.Module, str]:
+    """The FID/KID feature network named by fid.features (inception: `weights` resolved by
+    check_features beforehand)."""
+    if fcfg.features == "dataset":
+        return DatasetFeatures(classifier), "dataset classifier (SmallClassifier, 128-d)"
+    dim = int(fcfg.inception_dim)
+    where = weights or "downloaded"
+    return InceptionFeatures(weights, dim), f"InceptionV3 pool features ({dim}-d, {where})"
+
+
+def check_features(fcfg: DictConfig) -> str | None:
+    """Validate fid.features; for inception, find its weights now (before any sampling)."""
     kind = fcfg.features
     require(kind in ("dataset", "inception"), f"fid.features={kind!r} must be dataset or inception")
-    if kind == "dataset":
-        return DatasetFeatures(classifier), "dataset classifier (SmallClassifier, 128-d)"
-    path = inception_weights(
-        fcfg.get("inception_weights"), bool(fcfg.download), fcfg.connect_timeout
-    )
-    dim = int(fcfg.inception_dim)
-    return InceptionFeatures(
-        path, dim
-    ), f"InceptionV3 pool features ({dim}-d, {path or 'downloaded'})"
+    if kind == "inception":
+        return inception_weights(
+            fcfg.get("inception_weights"), bool(fcfg.download), float(fcfg.connect_timeout)
+        )
+    return None
 
 
 def clip_settings(ccfg: DictConfig, key: str, class_names: list[str]) -> dict[str, Any]:
@@ -363,6 +370,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if {"fid", "kid", "accuracy", "clip"} & set(metrics)
         else None
     )
+    weights = check_features(cfg.fid) if {"fid", "kid"} & set(metrics) else None
+    # CLIP weights too: a missing file is an error now, not after the sampling
+    scorer, prompts = None, None
+    if "clip" in metrics:
+        names = list(dm.class_names) or [str(i) for i in range(dm.num_classes)]
+        prompts = clip_settings(cfg.clip, dataset_key(train_cfg), names)
+        scorer = ClipScorer(load_clip_from_config(cfg.clip, device))
     labels = torch.arange(n) % k if k else None
     log.info("Sampling %d images (%s) on %s", n, sampler, device)
     images, seconds = generate(module, n, labels, sampler, int(cfg.seed), int(cfg.batch_size))
@@ -382,7 +396,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             classifier, info = feature_classifier(run_dir, dm, settings, device, data_id)
             results["classifier"] = info
     if {"fid", "kid"} & set(metrics):
-        feature, desc = feature_network(cfg.fid, classifier)
+        feature, desc = feature_network(cfg.fid, classifier, weights)
         dist = FeatureDistance(
             feature,
             kid_subsets=int(cfg.fid.kid_subsets),
@@ -399,7 +413,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if "accuracy" in metrics:
         results["accuracy"] = accuracy(classifier, images.to(device), labels)
     if "clip" in metrics:
-        results.update(clip_metrics(cfg, run_dir, dm, train_cfg, images, labels, device))
+        results.update(clip_metrics(cfg, scorer, prompts, run_dir, images, labels))
     tag = f"_{cfg.tag}" if cfg.get("tag") else ""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / f"eval{tag}.json", results)
@@ -430,18 +444,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def clip_metrics(
     cfg: DictConfig,
+    scorer: ClipScorer,
+    s: dict[str, Any],
     run_dir: Path,
-    dm,
-    train_cfg: DictConfig,
     images: torch.Tensor,
     labels: torch.Tensor | None,
-    device: torch.device,
 ) -> dict[str, Any]:
     """CLIP scores of every sample, the top-k per class (grid + CSV) and their means."""
     ccfg = cfg.clip
-    class_names = list(dm.class_names) or [str(i) for i in range(dm.num_classes)]
-    s = clip_settings(ccfg, dataset_key(train_cfg), class_names)
-    scorer = ClipScorer(load_clip_from_config(ccfg, device))
     scores = scorer.score(images, s["class_texts"], s["prompts"], s["class_prompt"], labels)
     tag = f"_{cfg.tag}" if cfg.get("tag") else ""
     files = write_topk(

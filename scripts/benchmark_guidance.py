@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import torch
-from diffusion_lab.evaluation.classifier import accuracy, train_classifier
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from diffusion_lab.data.loader import to_model_range
+from diffusion_lab.evaluation.classifier import accuracy, train_classifier
 from diffusion_lab.training.build import build_datamodule, load_module
 from diffusion_lab.training.run import train
 

@@ -1,21 +1,27 @@
 """The performance suite: framework vs plain loop vs peers, FLOP efficiency, sampling, data rates.
 
-    python scripts/benchmark.py [--rounds 3] [--json outputs/benchmark.json] [--compile]
+    python scripts/benchmark.py [--rounds 3] [--shapes 28x28x1,32x32x3] [--compile] [--json PATH]
 
-For each course U-Net and dataset shape (28x28x1 MNIST-like, 32x32x3 patterns): training
-images/s through the framework and a plain loop (batch 128), forward MFLOPs per image
-(torch.utils.flop_counter), the achieved fraction of this machine's fp32 matmul FLOP/s
-(a training step counted as 3x the forward), DDIM sampling image*steps/s at batch 256, and
-peak resident memory. Optional peers (diffusers UNet2DModel, denoising-diffusion-pytorch Unet)
-at matched parameter counts are measured in the same run when installed. Then the data
-pipeline rates and the speed options (channels_last, Adam foreach/fused, sampling batch,
-torch.compile with --compile). Windows are interleaved; medians are reported.
+For each U-Net and dataset shape (28x28x1 MNIST, 32x32x3 patterns): training images/s through
+the framework (DiffusionModule + Trainer + EMA + bucket logging + in-memory batches) and
+through a plain PyTorch loop (batch 128), forward MFLOPs per image (torch.utils.flop_counter),
+the achieved fraction of this machine's fp32 matmul FLOP/s (a training step counted as 3x the
+forward), DDIM sampling image*steps/s at batch 256 and the memory a training step adds to
+the process (peak resident memory above the baseline). The optional peers (pip install -e
+".[peers]": diffusers UNet2DModel, denoising-diffusion-pytorch Unet) are built at the efficient U-Net's parameter count and
+measured in the same rounds: every round times every model once, so all of them see the same
+drift, and the median of the rounds is reported. Then the data pipeline rates, the speed
+options (channels_last, Adam foreach/fused, bf16 autocast, sampling batch, inference mode,
+torch.compile with --compile) and the sampling cost per 1,000 images.
 """
 
 import argparse
+import gzip
 import json
+import logging
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -35,30 +41,44 @@ from diffusion_lab.data.loader import TensorBatches
 from diffusion_lab.data.patterns import generate_patterns
 from diffusion_lab.training.measure import forward_mflops
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"28x28x1": (1, 28), "32x32x3": (3, 32)}
+MNIST = ROOT.parent / "shared" / "datasets" / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
 
 
-def reset_peak_rss() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM
-    except OSError:
-        pass
-
-
-def peak_rss_mib() -> float | None:
+def _status_mib(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
 
 
+def added_peak_mib(fn: Callable[[], object]) -> float | None:
+    """Peak resident memory while fn runs, above the process's resident memory before it
+    (Linux: VmHWM reset through clear_refs); None where /proc does not say."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    before = _status_mib("VmRSS")
+    fn()
+    peak = _status_mib("VmHWM")
+    return None if before is None or peak is None else peak - before
+
+
 def images_for(shape: tuple[int, int], n: int = 2048) -> torch.Tensor:
+    """Real data for the shape: patterns for 32x32x3, MNIST (when ../shared has it) for 28x28x1."""
     c, s = shape
     if c == 3:
         return generate_patterns(n, s, seed=0)[0]
+    if MNIST.exists():
+        raw = gzip.open(MNIST).read()[16:]
+        return (
+            torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(-1, 1, 28, 28)[:n].clone()
+        )
     return torch.randint(0, 256, (n, 1, s, s), dtype=torch.uint8)
 
 
@@ -74,6 +94,7 @@ class PeerWrapper(nn.Module):
 
 
 def peers(channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
+    """Peer U-Nets sized to the efficient U-Net's ~0.68M parameters (two down-samplings, like it)."""
     out = {}
     try:
         from diffusers import UNet2DModel
@@ -86,41 +107,15 @@ def peers(channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
         )  # fmt: skip
     except ImportError:
         pass
-    if size % 8:  # its three down-samplings need a multiple of 8 (so 32x32 only)
-        return out
     try:
         from denoising_diffusion_pytorch import Unet
 
-        out["denoising-diffusion-pytorch Unet dim=16"] = PeerWrapper(
-            Unet(dim=16, channels=channels), "ddpm"
+        out["denoising-diffusion-pytorch Unet(16, (1,2,4))"] = lambda: PeerWrapper(
+            Unet(dim=16, dim_mults=(1, 2, 4), channels=channels), "ddpm"
         )
     except ImportError:
         pass
     return out
-
-
-def measure_model(name, make, images, shape_name, shape, args, peak) -> dict:
-    # ~2-6 s windows: fewer steps for the big course U-Net and for the (slower) peers
-    steps = 5 if n_params(make()) > 2_000_000 else 15 if name.startswith("course") else 6
-    reset_peak_rss()
-    fns = {"plain": lambda: plain_train_rate(make(), images, args.batch, steps)}
-    if name.startswith("course"):
-        fns["framework"] = lambda: framework_train_rate(make(), images, args.batch, steps)
-    rates = median_rounds(fns, args.rounds)
-    mflops = forward_mflops(make(), shape)
-    best = rates.get("framework", rates["plain"])
-    frac = 3 * mflops * 1e6 * best / (peak * 1e9)
-    sample = sampling_rate(make(), shape, batch=256, steps=3)
-    row = {
-        "model": name, "shape": shape_name, "params": n_params(make()), "mflops": mflops,
-        "plain": rates["plain"], "framework": rates.get("framework"), "peak_fraction": frac,
-        "sample_img_steps_per_s": sample, "peak_rss_mib": peak_rss_mib(),
-    }  # fmt: skip
-    fw = f"{row['framework']:.1f}" if row["framework"] else "-"
-    ratio = f"{row['framework'] / row['plain']:.3f}" if row["framework"] else "-"
-    print(f"| {name} | {shape_name} | {row['params']:,} | {mflops:.0f} | {row['plain']:.1f} | {fw} | {ratio} "
-          f"| {100 * frac:.0f}% | {sample:.0f} | {row['peak_rss_mib'] or 0:.0f} |", flush=True)  # fmt: skip
-    return row
 
 
 def median_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
@@ -132,36 +127,78 @@ def median_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str,
     return {k: statistics.median(v) for k, v in results.items()}
 
 
-def main() -> None:
+def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> list[dict]:
+    c, s = SHAPES[shape_name]
+    images = images_for((c, s))
+    nets = {f"course {a}": partial(course_unet, a, c, s) for a in ("efficient", "basic")}
+    if not args.no_peers:
+        nets.update(peers(c, s))
+    fns = {}
+    for name, make in nets.items():
+        fns[f"{name}|plain"] = partial(plain_train_rate, make, images, args.batch, args.seconds)
+        if name.startswith("course"):
+            fns[f"{name}|framework"] = partial(
+                framework_train_rate, make, images, args.batch, args.seconds
+            )
+    rates = median_rounds(fns, args.rounds)
+    rows = []
+    for name, make in nets.items():
+        mflops = forward_mflops(make(), (c, s, s))
+        plain, fw = rates[f"{name}|plain"], rates.get(f"{name}|framework")
+        # one training step's memory: the network, activations, gradients, Adam state
+        rss = added_peak_mib(partial(plain_train_rate, make, images, args.batch, seconds=0))
+        row = {
+            "model": name, "shape": shape_name, "params": n_params(make()), "mflops": mflops,
+            "plain": plain, "framework": fw,
+            "peak_fraction": 3 * mflops * 1e6 * (fw or plain) / (peak * 1e9),
+            "sample_img_steps_per_s": sampling_rate(make, (c, s, s), args.sample_batch, steps=3),
+            "train_step_mib": rss,
+        }  # fmt: skip
+        rows.append(row)
+        print(
+            f"| {name} | {shape_name} | {row['params']:,} | {mflops:.0f} | {plain:.1f} | "
+            + (f"{fw:.1f} | {fw / plain:.3f} | " if fw else "- | - | ")
+            + f"{100 * row['peak_fraction']:.0f}% | {row['sample_img_steps_per_s']:.0f} | "
+            + ("- |" if rss is None else f"{rss:.0f} |"),
+            flush=True,
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--json", default="outputs/benchmark.json")
+    p.add_argument("--seconds", type=float, default=2.5, help="length of a timed window")
+    p.add_argument("--sample-batch", type=int, default=256)
+    p.add_argument("--shapes", default=",".join(SHAPES), help=f"any of {list(SHAPES)}")
+    p.add_argument("--no-peers", action="store_true", help="skip the optional peer U-Nets")
+    p.add_argument("--json", default=str(ROOT / "outputs" / "benchmark.json"))
     p.add_argument(
         "--compile", action="store_true", help="also measure torch.compile (~40 s of compiling)"
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # one Trainer per window
+    warnings.filterwarnings("ignore")
+    for shape in args.shapes.split(","):
+        if shape not in SHAPES:
+            p.error(f"--shapes: {shape!r} is not one of {list(SHAPES)}")
+    started = time.perf_counter()
     report: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     peak = matmul_gflops()
     report["matmul_gflops"] = peak
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul 2048^2: {peak:.0f} GFLOP/s\n"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul 2048^2: "
+        f"{peak:.0f} GFLOP/s; batch {args.batch}; median of {args.rounds} interleaved rounds\n"
     )
-
-    rows = []
     print(
-        "| model | shape | params | fwd MFLOP/img | plain img/s | framework img/s | ratio | % of matmul peak | sample img*step/s | peak RSS MiB |"
+        "| model | shape | params | fwd MFLOP/img | plain img/s | framework img/s | ratio "
+        "| % of matmul peak | sample img*step/s | training step MiB |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for shape_name in args.shapes.split(","):
-        c, s = SHAPES[shape_name]
-        images = images_for((c, s))
-        nets = {f"course {a}": partial(course_unet, a, c, s) for a in ("efficient", "basic")}
-        nets.update(peers(c, s))
-        for name, make in nets.items():
-            rows.append(measure_model(name, make, images, shape_name, (c, s, s), args, peak))
+    rows = [row for shape in args.shapes.split(",") for row in measure_shape(shape, args, peak)]
     report["models"] = rows
 
     # data pipelines vs the fastest training rate
@@ -179,61 +216,74 @@ def main() -> None:
     print("|---|---:|---:|")
     print(f"| pattern generator (32x32x3) | {gen_rate:,.0f} | {gen_rate / train_max:.0f}x |")
     print(
-        f"| in-memory batches (28x28x1, batch {args.batch}) | {batch_rate:,.0f} | {batch_rate / train_max:.0f}x |"
+        f"| in-memory batches (28x28x1, batch {args.batch}) | {batch_rate:,.0f} | "
+        f"{batch_rate / train_max:.0f}x |"
     )
 
     # speed options on the efficient U-Net, 28x28x1
     images = images_for((1, 28))
-    eff = lambda: course_unet("efficient", 1, 28)  # noqa: E731
+    eff = partial(course_unet, "efficient", 1, 28)
+    train = partial(plain_train_rate, eff, images, args.batch, args.seconds)
     options = {
-        "eager fp32, channels_last (default)": lambda: plain_train_rate(
-            eff(), images, args.batch, 15
-        ),
-        "contiguous (channels_last off)": lambda: plain_train_rate(
-            eff(), images, args.batch, 15, channels_last=False
-        ),
-        "Adam foreach=False": lambda: plain_train_rate(
-            eff(), images, args.batch, 15, adam={"foreach": False}
-        ),
-        "Adam fused=True": lambda: plain_train_rate(
-            eff(), images, args.batch, 15, adam={"fused": True}
-        ),
+        "eager fp32, channels_last (default)": train,
+        "contiguous (channels_last off)": partial(train, channels_last=False),
+        "Adam foreach=False": partial(train, adam={"foreach": False}),
+        "Adam fused=True": partial(train, adam={"fused": True}),
+        "bf16 autocast": partial(train, autocast=torch.bfloat16),
     }
     if args.compile:
         compiled = eff()
         compiled.compile()
         t0 = time.perf_counter()
-        plain_train_rate(compiled, images, args.batch, 1, warmup=1)
+        plain_train_rate(lambda: compiled, images, args.batch, seconds=0)
         report["compile_first_call_s"] = time.perf_counter() - t0
-        options["torch.compile"] = lambda: plain_train_rate(compiled, images, args.batch, 15)
+        options["torch.compile"] = partial(
+            plain_train_rate, lambda: compiled, images, args.batch, args.seconds
+        )
     opt_rates = median_rounds(options, args.rounds)
     base = opt_rates["eager fp32, channels_last (default)"]
     print("\n| training option (efficient, 28x28x1) | img/s | vs default |")
     print("|---|---:|---:|")
     for k, v in opt_rates.items():
         print(f"| {k} | {v:.1f} | {v / base:.2f}x |")
-    sample_opts = median_rounds(
-        {
-            "batch 256, channels_last (default)": lambda: sampling_rate(eff(), (1, 28, 28), 256),
-            "batch 64": lambda: sampling_rate(eff(), (1, 28, 28), 64),
-            "batch 256, contiguous": lambda: sampling_rate(
-                eff(), (1, 28, 28), 256, channels_last=False
-            ),
-        },
-        args.rounds,
-    )
-    base = sample_opts["batch 256, channels_last (default)"]
+
+    sample = partial(sampling_rate, eff, (1, 28, 28))
+    sample_options = {
+        f"batch {args.sample_batch}, inference_mode, channels_last (default)": partial(
+            sample, args.sample_batch
+        ),
+        "batch 64": partial(sample, 64),
+        f"batch {args.sample_batch}, no_grad instead of inference_mode": partial(
+            sample, args.sample_batch, inference=False
+        ),
+        f"batch {args.sample_batch}, contiguous": partial(
+            sample, args.sample_batch, channels_last=False
+        ),
+        f"batch {args.sample_batch}, bf16 autocast": partial(
+            sample, args.sample_batch, autocast=torch.bfloat16
+        ),
+    }
+    if args.compile:
+        sample_options["torch.compile"] = partial(
+            sampling_rate, lambda: compiled, (1, 28, 28), args.sample_batch
+        )
+    sample_rates = median_rounds(sample_options, args.rounds)
+    base = next(iter(sample_rates.values()))
     print(
-        "\n| sampling option (efficient, 28x28x1) | img*steps/s | vs default | s per 1,000 images: DDPM-1000 / DDIM-50 / 20 / 10 |"
+        "\n| sampling option (efficient, 28x28x1) | img*steps/s | vs default "
+        "| s per 1,000 images: DDPM-1000 / DDIM-50 / 20 / 10 |"
     )
     print("|---|---:|---:|---|")
-    for k, v in sample_opts.items():
+    for k, v in sample_rates.items():
         per = " / ".join(f"{1000 * n / v:.0f}" for n in (1000, 50, 20, 10))
         print(f"| {k} | {v:.0f} | {v / base:.2f}x | {per} |")
-    report["options"] = {"train": opt_rates, "sample": sample_opts}
+    report["options"] = {"train": opt_rates, "sample": sample_rates}
+    report["seconds"] = time.perf_counter() - started
+    print(f"\nsuite time: {report['seconds'] / 60:.1f} min")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.json}")
+    print(f"wrote {args.json}")
+    return report
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 plain PyTorch loop and through the framework, FLOP counts and the machine's matmul peak.
 
 Rates are images (or image*steps) per second over a timed window after warm-up steps; callers
-interleave rounds and take medians because absolute CPU figures drift between windows.
+interleave rounds and take medians because absolute CPU figures drift between windows. Each
+measurement builds its network from `make_net` so that every window starts from the same state.
 """
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -15,7 +17,6 @@ from torch import nn
 from diffusion_lab.data.loader import TensorBatches, to_model_range
 from diffusion_lab.diffusion import GaussianDiffusion, ddim_sample, linear_betas
 from diffusion_lab.models import CourseUNet
-from diffusion_lab.training.callbacks import Throughput
 from diffusion_lab.training.module import DiffusionModule
 
 COURSE_UNETS = {
@@ -47,26 +48,36 @@ def matmul_gflops(n: int = 2048, windows: int = 5, seconds: float = 0.5) -> floa
     return best
 
 
+def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+
+
 def plain_train_rate(
-    net: nn.Module,
+    make_net: Callable[[], nn.Module],
     images: torch.Tensor,
     batch: int,
-    steps: int,
+    seconds: float = 2.5,
     channels_last: bool = True,
-    warmup: int = 3,
+    warmup: int = 1,
     adam: dict | None = None,
-    forward: Callable | None = None,
+    autocast: torch.dtype | None = None,
 ) -> float:
-    """A hand-written loop: slice a batch from memory, DDPM eps loss, backward, Adam."""
+    """A hand-written loop: slice a batch from memory, DDPM eps loss, backward, Adam; timed
+    over whole steps for about `seconds` after `warmup` steps."""
     diffusion = GaussianDiffusion(linear_betas(1000))
+    net = make_net()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    forward = forward or (lambda xt, t: net(xt, t))
+
+    def forward(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with _autocast(autocast):
+            return net(xt, t).float()
+
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, **(adam or {}))
     g = torch.Generator().manual_seed(0)
-    t0 = 0.0
-    for i in range(steps + warmup):
-        if i == warmup:
+    step, t0 = 0, 0.0
+    while step <= warmup or time.perf_counter() - t0 < seconds:
+        if step == warmup:
             t0 = time.perf_counter()
         x = to_model_range(images[torch.randint(0, len(images), (batch,), generator=g)])
         if channels_last:
@@ -75,58 +86,81 @@ def plain_train_rate(
         opt.zero_grad(set_to_none=True)
         losses.mean().backward()
         opt.step()
-    return steps * batch / (time.perf_counter() - t0)
+        step += 1
+    return (step - warmup) * batch / (time.perf_counter() - t0)
+
+
+class _WallClockWindow(pl.Callback):
+    """Wall-clock images/s from the end of the warm-up batches to the end of the last batch
+    (everything the Trainer does between batches counts); stops the run after `seconds`."""
+
+    def __init__(self, warmup: int, seconds: float) -> None:
+        self.warmup, self.seconds = warmup, seconds
+        self.images, self.t0, self.elapsed = 0, 0.0, 0.0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if trainer.global_step == self.warmup:
+            self.t0 = now
+        elif trainer.global_step > self.warmup:
+            self.images += len(batch["image"])
+            self.elapsed = now - self.t0
+            trainer.should_stop = self.elapsed >= self.seconds
 
 
 def framework_train_rate(
-    net: nn.Module,
+    make_net: Callable[[], nn.Module],
     images: torch.Tensor,
     batch: int,
-    steps: int,
+    seconds: float = 2.5,
     channels_last: bool = True,
-    ema: bool = True,
+    warmup: int = 1,
 ) -> float:
     """The same work through DiffusionModule + Trainer + in-memory batches (+ EMA, bucket logging)."""
     module = DiffusionModule(
-        net=net,
+        net=make_net(),
         diffusion=GaussianDiffusion(linear_betas(1000), objective="eps"),
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-4),
-        ema_decay=0.999 if ema else None,
+        ema_decay=0.999,
         channels_last=channels_last,
     )
     data = {"image": images, "label": torch.zeros(len(images), dtype=torch.long)}
-    throughput = Throughput(warmup_batches=3)
+    window = _WallClockWindow(warmup, seconds)
     trainer = pl.Trainer(
         accelerator="cpu",
-        max_steps=steps + 3,
+        max_epochs=-1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[throughput],
+        callbacks=[window],
     )
     trainer.fit(module, train_dataloaders=TensorBatches(data, batch, shuffle=True, drop_last=True))
-    return throughput.images_per_sec
+    return window.images / window.elapsed
 
 
-@torch.inference_mode()
 def sampling_rate(
-    net: nn.Module,
+    make_net: Callable[[], nn.Module],
     shape: tuple[int, ...],
     batch: int = 256,
     steps: int = 5,
     channels_last: bool = True,
+    inference: bool = True,
+    autocast: torch.dtype | None = None,
 ) -> float:
-    """Image*steps per second of DDIM steps under inference mode."""
-    net = net.eval()
+    """Image*steps per second of DDIM steps (under inference mode, or no_grad)."""
+    net = make_net().eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     diffusion = GaussianDiffusion(linear_betas(1000))
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return net(x.contiguous(memory_format=torch.channels_last) if channels_last else x, t)
+        with _autocast(autocast):
+            out = net(x.contiguous(memory_format=torch.channels_last) if channels_last else x, t)
+        return out.float()
 
-    ddim_sample(diffusion, denoise, (batch, *shape), steps=1)  # warm-up
-    t0 = time.perf_counter()
-    ddim_sample(diffusion, denoise, (batch, *shape), steps=steps)
+    with torch.inference_mode() if inference else torch.no_grad():
+        ddim_sample(diffusion, denoise, (batch, *shape), steps=1)  # warm-up
+        t0 = time.perf_counter()
+        ddim_sample(diffusion, denoise, (batch, *shape), steps=steps)
     return batch * steps / (time.perf_counter() - t0)

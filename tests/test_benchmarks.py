@@ -1,0 +1,72 @@
+"""The benchmark scripts run end to end at toy sizes (their real runs are minutes long)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_performance_suite_reports_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    report = load_script("benchmark").main(
+        ["--rounds", "1", "--batch", "4", "--seconds", "0", "--sample-batch", "4",
+         "--shapes", "28x28x1", "--no-peers", "--json", str(out)]
+    )  # fmt: skip
+    assert json.loads(out.read_text())["matmul_gflops"] == pytest.approx(report["matmul_gflops"])
+    rows = {r["model"]: r for r in report["models"]}
+    assert set(rows) == {"course efficient", "course basic"}
+    assert rows["course basic"]["params"] == 3_712_257
+    for r in rows.values():
+        assert r["plain"] > 0 and r["framework"] > 0 and r["sample_img_steps_per_s"] > 0
+        assert r["mflops"] > 0 and 0 < r["peak_fraction"] < 5 and r["train_step_mib"] >= 0
+    assert report["data"]["pattern_generation_img_s"] > 0
+    assert {"bf16 autocast", "Adam fused=True"} <= set(report["options"]["train"])
+    assert any("no_grad" in k for k in report["options"]["sample"])
+
+
+def test_performance_suite_rejects_an_unknown_shape(capsys):
+    with pytest.raises(SystemExit) as e:
+        load_script("benchmark").main(["--shapes", "64x64x3"])
+    assert e.value.code == 2
+    assert "--shapes: '64x64x3' is not one of" in capsys.readouterr().err
+
+
+def test_invisible_pixels_are_those_of_shapes_the_mask_hides_completely():
+    invisible_pixels = load_script("benchmark_inpaint").invisible_pixels
+    maps = torch.zeros(1, 4, 8, 8, dtype=torch.bool)
+    maps[0, 0, 1:3, 1:3] = True  # 4 px, wholly under the mask
+    maps[0, 1, 5:8, 5:8] = True  # 9 px, one of them visible
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[0, 0, 7, 7] = 1
+    assert invisible_pixels(maps, mask).tolist() == [4]
+    maps[0, 1, 2, 2] = True  # a visible shape overlaps the hidden one: that pixel could be known
+    assert invisible_pixels(maps, mask).tolist() == [3]
+
+
+def test_inpainting_benchmark_trains_and_reports_every_method(tmp_path):
+    report = load_script("benchmark_inpaint").main(
+        ["--steps", "5", "--eval-n", "8", "--ddim-steps", "2", "--repaint-n", "2",
+         "--repaint-steps", "2", "--batch", "16", "--out", str(tmp_path),
+         "data.image_size=16", "data.num_train=40", "data.num_val=16", "data.batch_size=8",
+         "model.base=8", "model.mults=[1,2]", "model.attn_resolutions=[8]", "model.heads=2",
+         "model.groups=4", "callbacks.analysis_figures=null", "trainer.val_check_interval=null",
+         "trainer.limit_val_batches=1", "callbacks.inpaint_validation.n=8"]
+    )  # fmt: skip
+    methods = set(report["results"])
+    assert {"nearest known pixel", "model, one pass at t=T-1", "model, DDIM-2"} <= methods
+    for r in report["results"].values():
+        assert 0 <= r["overall"] <= 1 and r["n"] > 0
+    ceiling = report["ceiling"]["family"]
+    assert all(v == 1.0 for f, v in ceiling.items() if f != "geometric")
+    assert (tmp_path / "panel.png").stat().st_size > 0 and (tmp_path / "table.md").is_file()

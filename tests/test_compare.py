@@ -123,3 +123,19 @@ def test_compare_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"error: {tmp_path} holds no run directories (config.yaml, metrics.json or .hydra/)"
     )
+
+
+def test_evaluation_results_become_comparison_columns(multirun, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(multirun, sweep)
+    # what `python -m diffusion_lab.evaluate` writes into a run directory
+    (sweep / "0" / "eval.json").write_text(
+        json.dumps({"fid": 12.5, "accuracy": 0.75, "n_samples": 100, "classifier": {"a": 1}})
+    )
+    (sweep / "2" / "eval_ddim10.json").write_text(json.dumps({"fid": 30.25}))
+    md = compare([sweep], tmp_path).read_text()
+    runs = {row["run"]: row for row in table(md, "Runs")}
+    assert number(runs["0"]["eval/fid"]) == 12.5 and number(runs["0"]["eval/accuracy"]) == 0.75
+    assert runs["1"]["eval/fid"] == "—"
+    assert number(runs["2"]["eval_ddim10/fid"]) == 30.25
+    assert "eval/n_samples" not in runs["0"]  # bookkeeping, not a score

@@ -1,1 +1,4 @@
 """Evaluation: CLIP scoring and guidance, FID/KID, class accuracy and inpainting metrics of samples."""
+
+# the scores of an evaluation (eval.json) that are logged as scalars and compared between runs
+EVAL_SCALARS = ("fid", "kid", "accuracy", "clip_similarity", "seconds_per_1000_samples")

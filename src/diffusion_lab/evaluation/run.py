@@ -18,6 +18,7 @@ from torchvision.utils import save_image
 
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.errors import require
+from diffusion_lab.evaluation import EVAL_SCALARS
 from diffusion_lab.evaluation.classifier import SmallClassifier, accuracy, train_classifier
 from diffusion_lab.evaluation.clip_score import (
     ClipScorer,
@@ -418,11 +419,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / f"eval{tag}.json", results)
     (run_dir / f"eval{tag}.md").write_text(markdown(results))
-    scalars = {
-        f"eval/{k}": float(results[k])
-        for k in ("fid", "kid", "accuracy", "clip_similarity", "seconds_per_1000_samples")
-        if k in results
-    }
+    scalars = {f"eval/{k}": float(results[k]) for k in EVAL_SCALARS if k in results}
     extra = {
         "eval.sampler": sampler.get("name"),
         "eval.steps": sampler.get("steps")

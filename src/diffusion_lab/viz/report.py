@@ -20,6 +20,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from diffusion_lab.errors import require
+from diffusion_lab.evaluation import EVAL_SCALARS
 
 BUCKET = re.compile(r"^(train|val)/loss_t(\d+)-(\d+)$")
 STANDARD_KEYS = {
@@ -156,15 +157,16 @@ def read_run(path: Path) -> Run:
             error = metrics.get("error") if status != "ok" else None
         except (OSError, json.JSONDecodeError) as e:
             status, error = "failed", f"unreadable metrics.json ({type(e).__name__})"
-    for extra in sorted((path / "evaluation").glob("*.json")):  # evaluation results, if any
+    # `python -m diffusion_lab.evaluate` results: eval.json, eval_<tag>.json -> eval/fid, ...
+    for extra in sorted(path.glob("eval*.json")):
         try:
             data = json.loads(extra.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(data, dict):
-            for k, v in data.items():
-                if _number(v) is not None:
-                    metrics.setdefault(f"{extra.stem}/{k}" if extra.stem != "metrics" else k, v)
+            for k in EVAL_SCALARS:
+                if _number(data.get(k)) is not None:
+                    metrics.setdefault(f"{extra.stem}/{k}", data[k])
     run = Run(path=path, status=status, error=error, config=flatten(config), metrics=metrics)
     run.descriptor = read_descriptor(path) or {}
     run.scalars = read_scalars(path / "tensorboard")

@@ -23,6 +23,7 @@ TINY_TRAINER = {
     "trainer.max_epochs": 1,
     "trainer.limit_train_batches": 3,
     "trainer.limit_val_batches": 2,
+    "trainer.val_check_interval": None,  # experiments that validate every N steps
     "trainer.log_every_n_steps": 1,
     "trainer.enable_model_summary": False,
     "sampler.steps": 3,

@@ -30,6 +30,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
         (["conditioning=attributes"], "'thickness' is not provided by PatternDataModule"),
         (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt: no such file"),
         (["diffusion.objective=score"], "diffusion.objective='score' is not one of"),
+        (["lr_scheduler=cosine"], "lr_scheduler.T_max=-1: a cosine schedule decays over"),
     ],
 )
 def test_train_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):

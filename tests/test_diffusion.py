@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from diffusion_lab.diffusion import GaussianDiffusion, ddim_sample, ddpm_sample, linear_betas
+from diffusion_lab.diffusion.guidance import keep_known
 from diffusion_lab.diffusion.samplers import ddim_timesteps
 
 
@@ -26,6 +27,35 @@ def test_prediction_conversions_recover_x0_and_eps(objective):
     x0_hat, eps_hat = d.split_prediction(d.target(x0, t, eps), xt, t)
     assert torch.allclose(x0_hat, x0, atol=1e-4)
     assert torch.allclose(eps_hat, eps, atol=1e-3)
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_output_from_x0_is_the_inverse_of_split_prediction(objective):
+    d = GaussianDiffusion(linear_betas(100), objective=objective, clip_x0=False)
+    x0 = torch.rand(4, 1, 4, 4) * 2 - 1
+    xt = d.q_sample(x0, torch.tensor([0, 10, 50, 99]), torch.randn_like(x0))
+    t = torch.tensor([0, 10, 50, 99])
+    out = d.output_from_x0(x0, xt, t)
+    assert torch.allclose(d.split_prediction(out, xt, t)[0], x0, atol=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_keep_known_puts_the_known_pixels_into_every_x0_prediction(objective):
+    d = GaussianDiffusion(linear_betas(100), objective=objective)
+    known = torch.rand(2, 3, 8, 8) * 2 - 1
+    mask = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    seen = []
+
+    def garbage(x, t):  # predicts noise everywhere, as a masked-loss model may on known pixels
+        out = torch.randn_like(x)
+        seen.append(d.split_prediction(out, x, t)[0])
+        return out
+
+    denoise = keep_known(d, garbage, known, mask)
+    xt, t = torch.randn_like(known), torch.full((2,), 60)
+    x0 = d.split_prediction(denoise(xt, t), xt, t)[0]
+    assert torch.allclose(x0 * mask, known * mask, atol=1e-4)
+    assert torch.allclose(x0 * (1 - mask), seen[0] * (1 - mask), atol=1e-4)  # rest untouched
 
 
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])

@@ -47,3 +47,24 @@ def test_conditioning_fields_the_model_was_not_built_for_are_errors():
     a = cond_net(x, t, Cond(labels=torch.tensor([0, 0])))
     b = cond_net(x, t, Cond(labels=torch.tensor([1, 1])))
     assert not torch.allclose(a, b)  # the label changes the output
+
+
+def test_attention_position_embedding_relates_offsets_and_keeps_checkpoints_compatible():
+    from diffusion_lab.models import AttnUNet
+    from diffusion_lab.models.attn_unet import position_embedding
+
+    pe = position_embedding(32, 8).reshape(8, 8, 32)
+    assert pe.shape == (8, 8, 32) and torch.isfinite(pe).all()
+    # a dot product of two embeddings depends only on their offset: attention can look
+    # "one period away" from any position
+    same_offset = [pe[y, x] @ pe[y, x + 3] for y in range(8) for x in range(5)]
+    assert torch.allclose(torch.stack(same_offset), same_offset[0], atol=1e-4)
+    assert not torch.allclose(pe[0, 0] @ pe[0, 3], pe[0, 0] @ pe[0, 4])
+
+    kw = dict(in_channels=3, image_size=16, base=8, mults=(1, 2), attn_resolutions=(16, 8),
+              heads=2, groups=4)  # fmt: skip
+    plain, positioned = AttnUNet(**kw), AttnUNet(**kw, position_embedding=True)
+    assert plain.state_dict().keys() == positioned.state_dict().keys()
+    positioned.load_state_dict(plain.state_dict())
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 500])
+    assert not torch.allclose(plain(x, t), positioned(x, t))  # same weights, positions matter

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -34,6 +35,14 @@ def test_train_leaves_a_complete_run_directory(make_cfg, tmp_path):
     assert {"train/loss_step", "val/loss", "val/loss_t0-249", "lr-Adam"} <= set(tags["scalars"])
     assert "samples" in tags["images"]
     assert len(events.Scalars("val/loss")) == 2  # one per epoch
+
+
+def test_cosine_schedule_decays_the_learning_rate_every_step(make_cfg, tmp_path):
+    train(make_cfg("lr_scheduler=cosine", "trainer.max_steps=6", "trainer.max_epochs=2"))
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    lrs = [e.value for e in events.Scalars("lr-Adam")]
+    assert lrs[0] == pytest.approx(1e-3) and len(lrs) == 6  # every step, from optimizer.lr
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 1e-4
 
 
 def test_resume_continues_at_the_right_step(make_cfg, tmp_path):

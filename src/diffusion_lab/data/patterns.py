@@ -104,6 +104,7 @@ def _family_masks(
     else:  # random geometric shapes: 1-4 circles / rectangles / triangles
         fg = torch.zeros(n, size, size, dtype=torch.bool)
         count = torch.randint(1, 5, (n,), generator=g)
+        slots = []
         for slot in range(4):
             on = col((count > slot).float()) > 0
             kind = torch.randint(0, 3, (n,), generator=g)
@@ -114,7 +115,9 @@ def _family_masks(
             rect = (dx.abs() < col(r)) & (dy.abs() < col(r * _u(g, n, 0.4, 1.0)))
             tri = (dy < col(r)) & (dy > -col(r)) & (dx.abs() < (dy + col(r)) / 2)
             shape = torch.stack([circle, rect, tri], 1)[torch.arange(n), kind]
-            fg |= shape & on
+            slots.append(shape & on)
+            fg |= slots[-1]
+        info["shape_maps"] = torch.stack(slots, 1)  # [n, 4, size, size]: each shape's pixels
         period, mid = r, 0.21 * size
     scale = (period > mid).long()
     return fg, scale
@@ -134,23 +137,34 @@ CONCENTRIC_SHAPES = ("circles", "squares", "diamonds")
 
 
 def generate_patterns_with_info(
-    n: int, size: int = 32, seed: int = 0, families: tuple[int, ...] | None = None
+    n: int,
+    size: int = 32,
+    seed: int = 0,
+    families: tuple[int, ...] | None = None,
+    shape_maps: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
     """generate_patterns plus each sample's parameters (same images for the same seed):
     "red_foreground" (bool: the family's foreground - stripes, dots, lines, rings - is red),
     "orientation" (stripes: index into ORIENTATIONS, else -1), "shape" (concentric: index
-    into CONCENTRIC_SHAPES, else -1). Used to caption patterns for the domain CLIP."""
+    into CONCENTRIC_SHAPES, else -1). Used to caption patterns for the domain CLIP.
+    With shape_maps, also "shape_maps": bool [n, 4, size, size], the pixels of each of a
+    geometric pattern's (up to 4) shapes (all False for the other families)."""
     g = torch.Generator().manual_seed(seed)
     families = tuple(range(len(FAMILIES))) if families is None else families
     labels = torch.tensor(families)[torch.randint(0, len(families), (n,), generator=g)]
     fg = torch.zeros(n, size, size, dtype=torch.bool)
     scale = torch.zeros(n, dtype=torch.long)
     params = {k: torch.full((n,), -1, dtype=torch.long) for k in ("orientation", "shape")}
+    if shape_maps:
+        params["shape_maps"] = torch.zeros(n, 4, size, size, dtype=torch.bool)
     for fam in families:
         idx = (labels == fam).nonzero().squeeze(1)
         if len(idx):
             info: dict[str, Tensor] = {}
             fg[idx], scale[idx] = _family_masks(fam, len(idx), size, g, info)
+            maps = info.pop("shape_maps", None)
+            if maps is not None and shape_maps:
+                params["shape_maps"][idx] = maps
             for key, value in info.items():
                 params[key][idx] = value
     swap = torch.rand(n, generator=g) < 0.5  # random colour order

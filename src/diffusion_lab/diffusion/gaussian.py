@@ -119,6 +119,15 @@ class GaussianDiffusion(nn.Module):
         # eps consistent with the (possibly clipped) x0
         return x0, (x_t - sa * x0) / s1
 
+    def output_from_x0(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network output (in this objective's parametrisation) that predicts `x0` at x_t."""
+        if self.objective == "x0":
+            return x0
+        sa = _gather(self.sqrt_alpha_bar, t, x_t.ndim)
+        s1 = _gather(self.sqrt_one_minus_alpha_bar, t, x_t.ndim)
+        eps = (x_t - sa * x0) / s1
+        return eps if self.objective == "eps" else sa * eps - s1 * x0
+
     # ---- training loss ---------------------------------------------------------------------
     def loss_weights(self, t: Tensor) -> Tensor:
         if self.loss_weighting == "none":

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from diffusion_lab.diffusion.gaussian import DenoiseFn
+from diffusion_lab.diffusion.gaussian import DenoiseFn, GaussianDiffusion
 
 
 def classifier_free(cond_fn: DenoiseFn, uncond_fn: DenoiseFn, scale: float) -> DenoiseFn:
@@ -29,3 +29,18 @@ def classifier_free(cond_fn: DenoiseFn, uncond_fn: DenoiseFn, scale: float) -> D
 def bind(model: Callable[..., Tensor], cond) -> DenoiseFn:
     """model(x_t, t, cond) -> denoise(x_t, t)."""
     return lambda x, t: model(x, t, cond)
+
+
+def keep_known(
+    diffusion: GaussianDiffusion, denoise: DenoiseFn, known: Tensor, mask: Tensor
+) -> DenoiseFn:
+    """Inpainting with a mask-conditioned model: its predicted x0 takes the known pixels
+    (mask 1 = known) at every step. A model trained with the loss on the unknown pixels only
+    predicts anything there; replacing them keeps x_t's known region what training showed it,
+    the original plus noise, and costs nothing."""
+
+    def denoised(x: Tensor, t: Tensor) -> Tensor:
+        x0, _ = diffusion.split_prediction(denoise(x, t), x, t)
+        return diffusion.output_from_x0(mask * known + (1 - mask) * x0, x, t)
+
+    return denoised

@@ -1,5 +1,6 @@
 """The pattern-inpainting project's U-Net: residual blocks, time embedding in every block,
-multi-head self-attention at chosen resolutions (global context for periodic patterns)."""
+multi-head self-attention at chosen resolutions (global context for periodic patterns),
+optionally with fixed position embeddings on the attention's queries and keys."""
 
 import torch
 from einops import rearrange
@@ -33,8 +34,25 @@ class _ResBlock(nn.Module):
         return h + self.skip(x)
 
 
+def position_embedding(ch: int, res: int) -> Tensor:
+    """Fixed sinusoidal embedding of the positions of a res x res grid, [res * res, ch].
+
+    Sines and cosines of the position along four directions (x, y, x + y, x - y) at ch / 8
+    wavelengths from 2 to 2 * res cells: the dot product of two embeddings is then a sum of
+    cosines of their offset, so attention can learn to look a period away in any of those
+    directions (periodic patterns: stripes, checkerboards, dot lattices). Zero-padded to ch."""
+    n = max(1, ch // 8)
+    wavelengths = torch.logspace(1, torch.log2(torch.tensor(2.0 * res)), n, base=2)
+    ys, xs = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
+    coords = torch.stack([xs, ys, xs + ys, xs - ys], -1).flatten(0, 1).float()  # [res^2, 4]
+    angles = 2 * torch.pi * coords[:, :, None] / wavelengths  # [res^2, 4, n]
+    emb = torch.cat([angles.sin(), angles.cos()], -1).flatten(1)  # [res^2, 8 n]
+    return torch.nn.functional.pad(emb, (0, ch - emb.shape[1]))[:, :ch]
+
+
 class _SelfAttention(nn.Module):
-    def __init__(self, ch: int, heads: int, groups: int) -> None:
+    def __init__(self, ch: int, heads: int, groups: int, res: int = 0) -> None:
+        """res > 0 adds a fixed position embedding of a res x res grid to queries and keys."""
         super().__init__()
         require(
             ch % heads == 0,
@@ -42,11 +60,15 @@ class _SelfAttention(nn.Module):
         )
         self.norm = nn.GroupNorm(groups, ch)
         self.attn = nn.MultiheadAttention(ch, heads, batch_first=True)
+        self.res = res
+        if res:  # not persistent: derived from (ch, res), checkpoints stay the same
+            self.register_buffer("pos", position_embedding(ch, res)[None], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")
-        out, _ = self.attn(tokens, tokens, tokens, need_weights=False)
+        qk = tokens + self.pos.to(tokens.dtype) if self.res else tokens
+        out, _ = self.attn(qk, qk, tokens, need_weights=False)
         return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
 
 
@@ -62,6 +84,7 @@ class AttnUNet(nn.Module):
         heads: int = 4,
         dropout: float = 0.0,
         groups: int = 8,
+        position_embedding: bool = False,
         num_classes: int = 0,
         attribute_sizes: tuple[int, ...] | list[int] = (),
         mask_conditioning: bool = False,
@@ -90,7 +113,9 @@ class AttnUNet(nn.Module):
                     _ResBlock(in_ch if i == 0 else out_ch, out_ch, self.time_dim, groups, dropout)
                 )
             if res in attn_resolutions:
-                layers.append(_SelfAttention(out_ch, heads, groups))
+                layers.append(
+                    _SelfAttention(out_ch, heads, groups, res if position_embedding else 0)
+                )
             return layers
 
         self.down_levels, self.downsamples = nn.ModuleList(), nn.ModuleList()
@@ -103,7 +128,8 @@ class AttnUNet(nn.Module):
                 self.downsamples.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 res //= 2
         self.mid = nn.ModuleList(
-            [_ResBlock(ch, ch, self.time_dim, groups, dropout), _SelfAttention(ch, heads, groups),
+            [_ResBlock(ch, ch, self.time_dim, groups, dropout),
+             _SelfAttention(ch, heads, groups, res if position_embedding else 0),
              _ResBlock(ch, ch, self.time_dim, groups, dropout)]
         )  # fmt: skip
         self.up_levels, self.upsamples = nn.ModuleList(), nn.ModuleList()

@@ -52,6 +52,12 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "trainer.max_epochs", int, 1, low_inclusive=True)
     _number(cfg, "data.image_size", int, 1, low_inclusive=True)
     _number(cfg, "sampler.steps", int, 1, low_inclusive=True)
+    t_max = OmegaConf.select(cfg, "lr_scheduler.T_max")
+    require(
+        t_max is None or (isinstance(t_max, int) and t_max >= 1),
+        f"lr_scheduler.T_max={t_max}: a cosine schedule decays over trainer.max_steps; "
+        "set trainer.max_steps to the run's number of optimizer steps",
+    )
     for key in ("schedule.start", "schedule.end"):
         value = OmegaConf.select(cfg, key)
         if value is not None:

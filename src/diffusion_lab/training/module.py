@@ -14,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric
 
 from diffusion_lab.diffusion import GaussianDiffusion, sample
-from diffusion_lab.diffusion.guidance import bind, classifier_free
+from diffusion_lab.diffusion.guidance import bind, classifier_free, keep_known
 from diffusion_lab.diffusion.repaint import repaint_sample
 from diffusion_lab.errors import UserError, require
 from diffusion_lab.models import Cond
@@ -191,10 +191,12 @@ class DiffusionModule(pl.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"},
-        }
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            # it watches a metric that exists once per validation
+            step_when = {"monitor": "val/loss", "interval": "epoch"}
+        else:  # schedules in steps (cosine: T_max = trainer.max_steps)
+            step_when = {"interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **step_when}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffusion_lab_config"] = self.config
@@ -287,8 +289,9 @@ class DiffusionModule(pl.LightningModule):
         Inpainting: pass `known` [n, C, H, W] in [-1, 1] and `mask` [n, 1, H, W] (1 = known).
         A mask-conditioned model (conditioning=inpaint) samples with its configured sampler
         (or `name: onepass`, its x0 prediction at t = T-1 from pure noise); any other model
-        uses RePaint. Known pixels are pasted back exactly. A mask-conditioned model asked for
-        plain samples gets an all-unknown mask.
+        uses RePaint. Known pixels go into every step's predicted x0 and are pasted back
+        exactly at the end. A mask-conditioned model asked for plain samples gets an
+        all-unknown mask.
         """
         w = self.guidance_scale if guidance_scale is None else guidance_scale
         if labels is None and self.num_classes:
@@ -358,6 +361,8 @@ class DiffusionModule(pl.LightningModule):
                     x, _ = self.diffusion.split_prediction(denoise(x_T, t), x_T, t)
                 else:
                     opts = {k: v for k, v in opts.items() if k not in ("jump_length", "resamples")}
+                    if mask is not None:
+                        denoise = keep_known(self.diffusion, denoise, known, mask)
                     x = sample(
                         self.diffusion,
                         denoise,

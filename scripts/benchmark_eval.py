@@ -1,6 +1,6 @@
 """Evaluation benchmark on real data, CPU: samplers on MNIST, and the pattern-set domain CLIP.
 
-    python scripts/benchmark_eval.py [--train-steps 1200] [--n 300] [--ddpm-n 300] [--clip-steps 400]
+    python scripts/benchmark_eval.py [--epochs 2] [--n 500] [--ddpm-n 500] [--clip-steps 400]
     python scripts/benchmark_eval.py --ckpt outputs/.../last.ckpt      # reuse a trained checkpoint
 
 1. Trains a class-conditional MNIST model with the framework (the default efficient U-Net,
@@ -50,15 +50,13 @@ def compose_cfg(name: str, overrides: list[str], out: Path):
     return cfg
 
 
-def train_mnist(out: Path, data_root: Path, steps: int, batch: int) -> tuple[Path, float]:
+def train_mnist(out: Path, data_root: Path, epochs: int, batch: int) -> tuple[Path, float]:
     cfg = compose_cfg(
         "train",
         [
             "data=mnist",
             f"data.root={data_root}",
-            # two epochs of steps/2 batches: validation (val/loss, best checkpoint) after each
-            "trainer.max_epochs=2",
-            f"trainer.limit_train_batches={max(1, steps // 2)}",
+            f"trainer.max_epochs={epochs}",  # validation (val/loss, best checkpoint) after each
             f"data.batch_size={batch}",
             "trainer.enable_model_summary=false",
             "callbacks.progress_bar=null",
@@ -84,10 +82,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--ckpt", default=None, help="a trained MNIST checkpoint (skips training)")
-    p.add_argument("--train-steps", type=int, default=1200, help="training steps")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs over MNIST's 60,000")
     p.add_argument("--batch", type=int, default=128, help="training batch size")
-    p.add_argument("--n", type=int, default=300, help="samples per DDIM setting")
-    p.add_argument("--ddpm-n", type=int, default=300, help="samples for DDPM-1000")
+    p.add_argument("--n", type=int, default=500, help="samples per DDIM setting")
+    p.add_argument("--ddpm-n", type=int, default=500, help="samples for DDPM-1000")
     p.add_argument("--n-real", type=int, default=2000, help="validation images as the real set")
     p.add_argument("--classifier-train", type=int, default=20000, help="judge's training images")
     p.add_argument("--ddim-steps", default="50,20,10")
@@ -108,7 +106,7 @@ def main() -> None:
         if args.ckpt:
             ckpt = Path(args.ckpt)
         else:
-            ckpt, seconds = train_mnist(out / "mnist_run", tmp, args.train_steps, args.batch)
+            ckpt, seconds = train_mnist(out / "mnist_run", tmp, args.epochs, args.batch)
             report["train_seconds"] = seconds
         module, train_cfg = load_module(ckpt)
         report["ckpt"] = str(ckpt)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from scipy import ndimage
@@ -307,7 +308,10 @@ def main(argv: list[str] | None = None) -> dict:
         if len(s) == len(truth) and "subset" not in name:
             cols.append(res[rows])
             names.append(name)
-    save_image(panel_rows(cols), out / "panel.png", nrow=len(cols), padding=1, pad_value=1.0)
+    big = F.interpolate(
+        panel_rows(cols), scale_factor=3, mode="nearest"
+    )  # 32 px is too small to see
+    save_image(big, out / "panel.png", nrow=len(cols), padding=2, pad_value=1.0)
     md = table({"ceiling: shapes wholly under the mask are invisible": ceiling, **results}, KINDS)
     (out / "table.md").write_text(md)
     report = {

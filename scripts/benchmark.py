@@ -27,15 +27,19 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from diffusion_lab.benchmarking import (
+    COURSE_UNETS,
+    PEERS,
+    build_unet,
     course_unet,
     framework_train_rate,
+    installed_peers,
     matmul_gflops,
     n_params,
     plain_train_rate,
     sampling_rate,
+    train_step_mib,
 )
 from diffusion_lab.data.loader import TensorBatches
 from diffusion_lab.data.patterns import generate_patterns
@@ -44,29 +48,6 @@ from diffusion_lab.training.measure import forward_mflops
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"28x28x1": (1, 28), "32x32x3": (3, 32)}
 MNIST = ROOT.parent / "shared" / "datasets" / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
-
-
-def _status_mib(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def added_peak_mib(fn: Callable[[], object]) -> float | None:
-    """Peak resident memory while fn runs, above the process's resident memory before it
-    (Linux: VmHWM reset through clear_refs); None where /proc does not say."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return None
-    before = _status_mib("VmRSS")
-    fn()
-    peak = _status_mib("VmHWM")
-    return None if before is None or peak is None else peak - before
 
 
 def images_for(shape: tuple[int, int], n: int = 2048) -> torch.Tensor:
@@ -82,57 +63,26 @@ def images_for(shape: tuple[int, int], n: int = 2048) -> torch.Tensor:
     return torch.randint(0, 256, (n, 1, s, s), dtype=torch.uint8)
 
 
-class PeerWrapper(nn.Module):
-    """Adapts a peer U-Net to forward(x_t, t)."""
-
-    def __init__(self, net: nn.Module, kind: str) -> None:
-        super().__init__()
-        self.net, self.kind = net, kind
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        return self.net(x, t).sample if self.kind == "diffusers" else self.net(x, t)
-
-
-def peers(channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
-    """Peer U-Nets sized to the efficient U-Net's ~0.68M parameters (two down-samplings, like it)."""
-    out = {}
-    try:
-        from diffusers import UNet2DModel
-
-        out["diffusers UNet2DModel (14,28,56)"] = lambda: PeerWrapper(
-            UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
-                        block_out_channels=(14, 28, 56), layers_per_block=2, norm_num_groups=7,
-                        down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3),
-            "diffusers",
-        )  # fmt: skip
-    except ImportError:
-        pass
-    try:
-        from denoising_diffusion_pytorch import Unet
-
-        out["denoising-diffusion-pytorch Unet(16, (1,2,4))"] = lambda: PeerWrapper(
-            Unet(dim=16, dim_mults=(1, 2, 4), channels=channels), "ddpm"
-        )
-    except ImportError:
-        pass
-    return out
-
-
-def median_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+def interleaved_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():  # interleaved: every option sees the same drift
             torch.manual_seed(0)
             results[name].append(fn())
-    return {k: statistics.median(v) for k, v in results.items()}
+    return results
+
+
+def median_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in interleaved_rounds(fns, rounds).items()}
 
 
 def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> list[dict]:
     c, s = SHAPES[shape_name]
     images = images_for((c, s))
-    nets = {f"course {a}": partial(course_unet, a, c, s) for a in ("efficient", "basic")}
+    kinds = {f"course {a}": a for a in COURSE_UNETS}
     if not args.no_peers:
-        nets.update(peers(c, s))
+        kinds.update({PEERS[k]: k for k in installed_peers()})
+    nets = {name: partial(build_unet, kind, c, s) for name, kind in kinds.items()}
     fns = {}
     for name, make in nets.items():
         fns[f"{name}|plain"] = partial(plain_train_rate, make, images, args.batch, args.seconds)
@@ -140,16 +90,24 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
             fns[f"{name}|framework"] = partial(
                 framework_train_rate, make, images, args.batch, args.seconds
             )
-    rates = median_rounds(fns, args.rounds)
+    rounds = interleaved_rounds(fns, args.rounds)
+    rates = {k: statistics.median(v) for k, v in rounds.items()}
     rows = []
     for name, make in nets.items():
         mflops = forward_mflops(make(), (c, s, s))
         plain, fw = rates[f"{name}|plain"], rates.get(f"{name}|framework")
-        # one training step's memory: the network, activations, gradients, Adam state
-        rss = added_peak_mib(partial(plain_train_rate, make, images, args.batch, seconds=0))
+        # framework / plain per round (two windows back to back), then the median
+        ratio = (
+            statistics.median(
+                f / p for f, p in zip(rounds[f"{name}|framework"], rounds[f"{name}|plain"])
+            )
+            if fw
+            else None
+        )
+        rss = train_step_mib(kinds[name], c, s, args.batch)
         row = {
             "model": name, "shape": shape_name, "params": n_params(make()), "mflops": mflops,
-            "plain": plain, "framework": fw,
+            "plain": plain, "framework": fw, "framework_over_plain": ratio,
             "peak_fraction": 3 * mflops * 1e6 * (fw or plain) / (peak * 1e9),
             "sample_img_steps_per_s": sampling_rate(make, (c, s, s), args.sample_batch, steps=3),
             "train_step_mib": rss,
@@ -157,7 +115,7 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
         rows.append(row)
         print(
             f"| {name} | {shape_name} | {row['params']:,} | {mflops:.0f} | {plain:.1f} | "
-            + (f"{fw:.1f} | {fw / plain:.3f} | " if fw else "- | - | ")
+            + (f"{fw:.1f} | {ratio:.3f} | " if fw else "- | - | ")
             + f"{100 * row['peak_fraction']:.0f}% | {row['sample_img_steps_per_s']:.0f} | "
             + ("- |" if rss is None else f"{rss:.0f} |"),
             flush=True,

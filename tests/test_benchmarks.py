@@ -29,6 +29,7 @@ def test_performance_suite_reports_every_figure(tmp_path):
     assert rows["course basic"]["params"] == 3_712_257
     for r in rows.values():
         assert r["plain"] > 0 and r["framework"] > 0 and r["sample_img_steps_per_s"] > 0
+        assert r["framework_over_plain"] > 0
         assert r["mflops"] > 0 and 0 < r["peak_fraction"] < 5 and r["train_step_mib"] >= 0
     assert report["data"]["pattern_generation_img_s"] > 0
     assert {"bf16 autocast", "Adam fused=True"} <= set(report["options"]["train"])

@@ -7,8 +7,13 @@ measurement builds its network from `make_net` so that every window starts from 
 """
 
 import contextlib
+import importlib.util
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -27,6 +32,89 @@ COURSE_UNETS = {
 
 def course_unet(arch: str, channels: int, size: int) -> nn.Module:
     return CourseUNet(channels, size, **COURSE_UNETS[arch])
+
+
+class PeerWrapper(nn.Module):
+    """Adapts a peer U-Net to forward(x_t, t)."""
+
+    def __init__(self, net: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.net, self.kind = net, kind
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        return self.net(x, t).sample if self.kind == "diffusers" else self.net(x, t)
+
+
+# peers sized to the efficient U-Net's ~0.68M parameters, with two down-samplings like it
+PEERS = {
+    "diffusers": "diffusers UNet2DModel (14,28,56)",
+    "lucidrains": "denoising-diffusion-pytorch Unet(16, (1,2,4))",
+}
+
+
+def peer_unet(kind: str, channels: int, size: int) -> nn.Module:
+    if kind == "diffusers":
+        from diffusers import UNet2DModel
+
+        return PeerWrapper(
+            UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
+                        block_out_channels=(14, 28, 56), layers_per_block=2, norm_num_groups=7,
+                        down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3),
+            kind,
+        )  # fmt: skip
+    from denoising_diffusion_pytorch import Unet
+
+    return PeerWrapper(Unet(dim=16, dim_mults=(1, 2, 4), channels=channels), kind)
+
+
+def installed_peers() -> list[str]:
+    """The PEERS whose package is installed (pip install -e ".[peers]")."""
+    modules = {"diffusers": "diffusers", "lucidrains": "denoising_diffusion_pytorch"}
+    return [k for k in PEERS if importlib.util.find_spec(modules[k]) is not None]
+
+
+def build_unet(kind: str, channels: int, size: int) -> nn.Module:
+    """ "efficient" / "basic" (the course U-Nets) or a PEERS key."""
+    return (
+        course_unet(kind, channels, size)
+        if kind in COURSE_UNETS
+        else peer_unet(kind, channels, size)
+    )
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _step_memory(kind: str, channels: int, size: int, batch: int) -> float | None:
+    images = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
+    except OSError:
+        return None
+    before = _status_mib("VmRSS")
+    plain_train_rate(lambda: build_unet(kind, channels, size), images, batch, seconds=0)
+    peak = _status_mib("VmHWM")
+    return None if before is None or peak is None else peak - before
+
+
+def train_step_mib(kind: str, channels: int, size: int, batch: int) -> float | None:
+    """Memory two training steps add to a fresh Python process (weights, activations, gradients,
+    Adam state): its peak resident memory above what it held before building the model. A
+    fresh process, because one that has trained before keeps freed memory resident and would
+    show the step as free. None where /proc does not say (not Linux)."""
+    code = (
+        "import json; from diffusion_lab.benchmarking import _step_memory; "
+        f"print(json.dumps(_step_memory({kind!r}, {channels}, {size}, {batch})))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    return json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else None
 
 
 def n_params(net: nn.Module) -> int:

@@ -9,9 +9,10 @@ from diffusion_lab.diffusion.samplers import ddim_timesteps
 def test_forward_process_statistics():
     d = GaussianDiffusion(linear_betas(1000))
     x0 = torch.full((20000, 1, 1, 1), 0.5)
+    g = torch.Generator().manual_seed(0)  # unseeded, the variance misses its tolerance ~5% of runs
     for step in (0, 250, 999):
         t = torch.full((len(x0),), step)
-        xt = d.q_sample(x0, t, torch.randn_like(x0))
+        xt = d.q_sample(x0, t, torch.randn(x0.shape, generator=g))
         ab = d.alpha_bar[step].item()
         assert xt.mean().item() == pytest.approx(0.5 * ab**0.5, abs=0.02)
         assert xt.var().item() == pytest.approx(1 - ab, abs=0.02)

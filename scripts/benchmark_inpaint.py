@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--minutes", type=float, default=None, help="training wall-clock budget")
     p.add_argument("--ckpt", default=None, help="evaluate this checkpoint instead of training")
     p.add_argument("--eval-n", type=int, default=1000, help="held-out patterns (x 6 mask kinds)")
+    p.add_argument(
+        "--passes", type=int, default=3, help="refinement passes of a self-conditioned model"
+    )
     p.add_argument("--ddim-steps", type=int, default=50)
     p.add_argument("--ddim-n", type=int, default=None, help="patterns for DDIM (default: all)")
     p.add_argument("--repaint-n", type=int, default=0, help="patterns for RePaint (0: skip)")
@@ -262,6 +265,12 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     one = run_model(module, truth, maskf, {"name": "onepass"}, args.batch)
     record("model, one pass at t=T-1", one, seconds=time.perf_counter() - t0)
+    if module.diffusion.self_condition and args.passes > 1:
+        t0 = time.perf_counter()
+        refined = run_model(
+            module, truth, maskf, {"name": "onepass", "passes": args.passes}, args.batch
+        )
+        record(f"model, {args.passes} passes at t=T-1", refined, seconds=time.perf_counter() - t0)
 
     def subset(n: int | None) -> torch.Tensor:
         # the first n patterns under every mask kind

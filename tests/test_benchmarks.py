@@ -62,10 +62,12 @@ def test_inpainting_benchmark_trains_and_reports_every_method(tmp_path):
          "data.image_size=16", "data.num_train=40", "data.num_val=16", "data.batch_size=8",
          "model.base=8", "model.mults=[1,2]", "model.attn_resolutions=[8]", "model.heads=2",
          "model.groups=4", "callbacks.analysis_figures=null", "trainer.val_check_interval=null",
-         "trainer.limit_val_batches=1", "callbacks.inpaint_validation.n=8"]
+         "trainer.limit_val_batches=1", "callbacks.inpaint_validation.n=8",
+         "diffusion.self_condition=true"]
     )  # fmt: skip
     methods = set(report["results"])
     assert {"nearest known pixel", "model, one pass at t=T-1", "model, DDIM-2"} <= methods
+    assert "model, 3 passes at t=T-1" in methods  # refinement of a self-conditioned model
     for r in report["results"].values():
         assert 0 <= r["overall"] <= 1 and r["n"] > 0
     ceiling = report["ceiling"]["family"]

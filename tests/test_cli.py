@@ -30,6 +30,10 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
         (["conditioning=attributes"], "'thickness' is not provided by PatternDataModule"),
         (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt: no such file"),
         (["diffusion.objective=score"], "diffusion.objective='score' is not one of"),
+        (
+            ["diffusion.timestep_sampling=lognormal"],
+            "diffusion.timestep_sampling='lognormal' is not one of",
+        ),
         (["lr_scheduler=cosine"], "lr_scheduler.T_max=-1: a cosine schedule decays over"),
     ],
 )

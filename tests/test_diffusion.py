@@ -18,6 +18,25 @@ def test_forward_process_statistics():
         assert xt.var().item() == pytest.approx(1 - ab, abs=0.02)
 
 
+def test_logit_normal_timesteps_lean_toward_high_noise_and_stay_in_range():
+    uniform = GaussianDiffusion(linear_betas(1000))
+    shifted = GaussianDiffusion(
+        linear_betas(1000), timestep_sampling="logit_normal", timestep_mean=1.5
+    )
+    g = torch.Generator().manual_seed(0)
+    tu = uniform.sample_timesteps(20000, torch.device("cpu"), g)
+    ts = shifted.sample_timesteps(20000, torch.device("cpu"), g)
+    assert ts.dtype == torch.long and 0 <= ts.min() and ts.max() <= 999
+    # median at T * sigmoid(1.5) = 818; uniform draws put a median at ~500
+    assert ts.float().median().item() == pytest.approx(818, abs=15)
+    assert tu.float().median().item() == pytest.approx(500, abs=15)
+    assert (ts < 500).float().mean().item() == pytest.approx(0.067, abs=0.01)  # P(z < -1.5)
+    # the same generator state gives the same draws (exact resume)
+    a = shifted.sample_timesteps(8, torch.device("cpu"), torch.Generator().manual_seed(3))
+    b = shifted.sample_timesteps(8, torch.device("cpu"), torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
 def test_prediction_conversions_recover_x0_and_eps(objective):
     d = GaussianDiffusion(linear_betas(100), objective=objective, clip_x0=False)
@@ -98,3 +117,20 @@ def test_ddim_timesteps_and_shapes():
     d = GaussianDiffusion(linear_betas(100))
     out = ddim_sample(d, lambda x, t: torch.zeros_like(x), (2, 3, 8, 8), steps=10)
     assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all()
+
+
+def test_self_conditioning_trains_on_its_own_detached_estimate_half_the_time():
+    d = GaussianDiffusion(linear_betas(100), objective="x0", self_condition=True)
+    calls = []
+
+    def model(x, t, estimate):
+        calls.append((estimate, torch.is_grad_enabled()))
+        return torch.full_like(x, 0.25)  # "x0 = 0.25 everywhere"
+
+    x0 = torch.zeros(400, 1, 2, 2, requires_grad=True)
+    d.training_losses(model, x0, generator=torch.Generator().manual_seed(0))
+    (first, grad_first), (second, grad_second) = calls
+    assert first is None and not grad_first and grad_second  # the estimate has no gradient
+    with_estimate = (second == 0.25).flatten(1).all(1)
+    assert ((second == 0) | (second == 0.25)).all()
+    assert 0.4 < with_estimate.float().mean().item() < 0.6

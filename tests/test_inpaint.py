@@ -11,11 +11,13 @@ from omegaconf import open_dict
 from diffusion_lab.data.masks import masks_of_kind
 from diffusion_lab.diffusion import GaussianDiffusion, linear_betas
 from diffusion_lab.diffusion.repaint import repaint_sample, repaint_schedule
+from diffusion_lab.errors import UserError
 from diffusion_lab.evaluation.inpainting import (
     PALETTE,
     masked_mse_psnr,
     masked_pixel_accuracy,
 )
+from diffusion_lab.models import Cond
 from diffusion_lab.training.build import build_module
 from diffusion_lab.training.run import sample, train
 
@@ -193,3 +195,38 @@ def test_sample_mode_inpaint_writes_panels_and_metrics(tmp_path):
     m = saved["mask"]
     assert torch.equal(saved["result"] * m, saved["original"] * m)
     assert "acc" in json.loads((tmp_path / "s" / "inpaint_metrics.json").read_text())
+
+
+@pytest.mark.parametrize("model", ["efficient_unet", "gelu_unet", "attn_unet"])
+def test_self_conditioned_model_refines_its_previous_estimate(tmp_path, model):
+    cfg = _inpaint_cfg(tmp_path, f"model={model}", "diffusion.self_condition=true")
+    module = build_module(cfg)
+    x, mask = two_colour(4), masks_of_kind("half", 4, 8)
+    batch = {"image": x, "label": torch.zeros(4, dtype=torch.long), "mask": mask}
+    module._step(batch, "train", module.net).backward()
+    assert module.net.conv_in.weight.grad.abs().sum() > 0
+    seen = []
+    net = module.sampling_net  # the EMA copy samples
+    net.register_forward_pre_hook(lambda m, args: seen.append(args[2].self_cond))
+    known, maskf = x[:2], mask[:2].float()
+    one = module.generate(2, known=known, mask=maskf, sampler={"name": "onepass"}, seed=1)
+    assert seen == [None]  # the first call has no estimate yet
+    seen.clear()
+    three = module.generate(
+        2, known=known, mask=maskf, sampler={"name": "onepass", "passes": 3}, seed=1
+    )
+    assert seen[0] is None and all(s is not None for s in seen[1:]) and len(seen) == 3
+    assert torch.equal(three * maskf, known * maskf) and not torch.equal(three, one)
+    seen.clear()
+    module.generate(2, known=known, mask=maskf, sampler={"name": "ddim", "steps": 3})
+    assert len(seen) == 3 and torch.is_tensor(seen[2]) and seen[2].shape == (2, 3, 8, 8)
+
+
+def test_refinement_passes_need_a_self_conditioned_model(tmp_path):
+    module = build_module(_inpaint_cfg(tmp_path))
+    x, mask = two_colour(2), masks_of_kind("half", 2, 8).float()
+    with pytest.raises(UserError, match="sampler.passes=2: more than one pass"):
+        module.generate(2, known=x, mask=mask, sampler={"name": "onepass", "passes": 2})
+    cond = Cond(mask=mask, known=x, self_cond=x)
+    with pytest.raises(UserError, match="built without self-conditioning"):
+        module.net(x, torch.zeros(2, dtype=torch.long), cond)

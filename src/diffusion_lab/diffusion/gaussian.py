@@ -13,6 +13,7 @@ from diffusion_lab.errors import require
 
 OBJECTIVES = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min_snr")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
 # model(x_t, t) -> prediction in the parametrisation of the objective
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
@@ -30,6 +31,12 @@ class GaussianDiffusion(nn.Module):
     "v" (Salimans & Ho 2022, v = sqrt(ab) eps - sqrt(1-ab) x0).
     loss_weighting: "none" or "min_snr" (Hang et al. 2023), which weights each timestep as if
     the loss were on x0 with weight min(SNR, gamma).
+    timestep_sampling: how training draws t: "uniform" over 0..T-1 (the paper), or
+    "logit_normal" (Esser et al. 2024): t / T = sigmoid(N(timestep_mean, timestep_std)); a
+    positive mean spends more of the training on high noise, where the layout is decided.
+    self_condition: Chen et al. (2022): half the time the network also sees its own x0
+    estimate for the same x_t (computed without gradient), so that at sampling time it can
+    refine the previous step's estimate instead of starting from nothing at every step.
     """
 
     def __init__(
@@ -39,6 +46,10 @@ class GaussianDiffusion(nn.Module):
         loss_weighting: str = "none",
         min_snr_gamma: float = 5.0,
         clip_x0: bool = True,
+        timestep_sampling: str = "uniform",
+        timestep_mean: float = 0.0,
+        timestep_std: float = 1.0,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         require(
@@ -49,6 +60,12 @@ class GaussianDiffusion(nn.Module):
             loss_weighting in LOSS_WEIGHTINGS,
             f"diffusion.loss_weighting={loss_weighting!r} is not one of {list(LOSS_WEIGHTINGS)}",
         )
+        require(
+            timestep_sampling in TIMESTEP_SAMPLINGS,
+            f"diffusion.timestep_sampling={timestep_sampling!r} is not one of "
+            f"{list(TIMESTEP_SAMPLINGS)}",
+        )
+        require(timestep_std > 0, f"diffusion.timestep_std={timestep_std} must be > 0")
         require(betas.ndim == 1 and len(betas) >= 2, "betas must be a 1-D tensor of length >= 2")
         require(
             bool(((betas > 0) & (betas < 1)).all()),
@@ -58,6 +75,9 @@ class GaussianDiffusion(nn.Module):
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = float(min_snr_gamma)
         self.clip_x0 = clip_x0
+        self.timestep_sampling = timestep_sampling
+        self.timestep_mean, self.timestep_std = float(timestep_mean), float(timestep_std)
+        self.self_condition = bool(self_condition)
         self.num_timesteps = len(betas)
 
         b = betas.double()
@@ -129,6 +149,16 @@ class GaussianDiffusion(nn.Module):
         return eps if self.objective == "eps" else sa * eps - s1 * x0
 
     # ---- training loss ---------------------------------------------------------------------
+    def sample_timesteps(
+        self, b: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """b training timesteps drawn as `timestep_sampling` says."""
+        if self.timestep_sampling == "uniform":
+            return torch.randint(0, self.num_timesteps, (b,), device=device, generator=generator)
+        z = torch.randn(b, device=device, generator=generator)
+        u = torch.sigmoid(self.timestep_mean + self.timestep_std * z)
+        return (u * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
+
     def loss_weights(self, t: Tensor) -> Tensor:
         if self.loss_weighting == "none":
             return torch.ones_like(t, dtype=torch.float32)
@@ -152,17 +182,24 @@ class GaussianDiffusion(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Per-sample weighted MSE between the network output and the objective's target.
 
-        `model(x_t, t)` is the network with its conditioning already bound. `loss_mask`
+        `model(x_t, t)` is the network with its conditioning already bound; with
+        self_condition it is `model(x_t, t, x0_estimate)` (None: no estimate). `loss_mask`
         (broadcastable to x0, 1 = counts) restricts the loss to a region, e.g. the unknown
         pixels of an inpainting task. Returns (per-sample loss [B], t [B]).
         """
         b = x0.shape[0]
         if t is None:
-            t = torch.randint(0, self.num_timesteps, (b,), device=x0.device, generator=generator)
+            t = self.sample_timesteps(b, x0.device, generator)
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = self.q_sample(x0, t, noise)
-        out = model(x_t, t).float()
+        if self.self_condition:
+            with torch.no_grad():
+                estimate = self.split_prediction(model(x_t, t, None), x_t, t)[0].to(x_t.dtype)
+            use = torch.rand(b, device=x0.device, generator=generator) < 0.5
+            out = model(x_t, t, torch.where(use[:, None, None, None], estimate, 0.0)).float()
+        else:
+            out = model(x_t, t).float()
         sq = (out - self.target(x0, t, noise)) ** 2
         if loss_mask is None:
             per_sample = sq.flatten(1).mean(1)

@@ -88,6 +88,7 @@ class AttnUNet(nn.Module):
         num_classes: int = 0,
         attribute_sizes: tuple[int, ...] | list[int] = (),
         mask_conditioning: bool = False,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         mults = tuple(mults)
@@ -98,13 +99,17 @@ class AttnUNet(nn.Module):
         self.in_channels, self.image_size = in_channels, image_size
         self.time_dim = base * 4
         self.cond = CondEmbedding(
-            self.time_dim, num_classes, attribute_sizes, in_channels + 1 if mask_conditioning else 0
+            self.time_dim,
+            num_classes,
+            attribute_sizes,
+            mask_channels=in_channels + 1 if mask_conditioning else 0,
+            self_cond_channels=in_channels if self_condition else 0,
         )
         self.time_mlp = nn.Sequential(
             nn.Linear(base, self.time_dim), nn.SiLU(), nn.Linear(self.time_dim, self.time_dim)
         )
         self.base = base
-        self.conv_in = nn.Conv2d(in_channels + self.cond.mask_channels, base, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + self.cond.extra_channels, base, 3, padding=1)
 
         def level(in_ch: int, out_ch: int, res: int) -> nn.ModuleList:
             layers = nn.ModuleList()

@@ -18,12 +18,15 @@ class Cond:
     attrs: [B, A] indices of extra categorical attributes (e.g. stroke thickness).
     mask: [B, 1, H, W], 1 = known pixel, 0 = pixel to fill (inpainting).
     known: [B, C, H, W], the image whose pixels under mask == 1 are known.
+    self_cond: [B, C, H, W], the x0 the network predicted at the sampler's previous step
+        (self-conditioning, Chen et al. 2022); None reads as zeros, "no estimate yet".
     """
 
     labels: Tensor | None = None
     attrs: Tensor | None = None
     mask: Tensor | None = None
     known: Tensor | None = None
+    self_cond: Tensor | None = None
 
     def batch_slice(self, idx: slice | Tensor) -> "Cond":
         return Cond(**{k: (v[idx] if v is not None else None) for k, v in self.__dict__.items()})
@@ -61,12 +64,14 @@ class CondEmbedding(nn.Module):
         num_classes: int = 0,
         attribute_sizes: list[int] | tuple[int, ...] = (),
         mask_channels: int = 0,
+        self_cond_channels: int = 0,
     ) -> None:
         super().__init__()
         require(num_classes >= 0, f"conditioning.num_classes must be >= 0, got {num_classes}")
         self.num_classes = int(num_classes)
         self.attribute_sizes = tuple(int(a) for a in attribute_sizes)
         self.mask_channels = int(mask_channels)
+        self.self_cond_channels = int(self_cond_channels)
         # one extra row: the null label of classifier-free guidance
         self.label_embedding = nn.Embedding(num_classes + 1, dim) if num_classes else None
         self.attr_embeddings = nn.ModuleList(nn.Embedding(n + 1, dim) for n in self.attribute_sizes)
@@ -93,20 +98,37 @@ class CondEmbedding(nn.Module):
                 emb = e if emb is None else emb + e
         return emb
 
+    @property
+    def extra_channels(self) -> int:
+        """Input channels the network takes besides x_t."""
+        return self.mask_channels + self.self_cond_channels
+
     def extra_input(self, x: Tensor, cond: Cond | None) -> Tensor:
-        """Concatenate the inpainting inputs (known image * mask, mask) when the model takes them."""
-        if not self.mask_channels:
+        """x_t with the extra inputs the model was built for concatenated as channels: the
+        inpainting inputs (known image * mask, mask) and the self-conditioning estimate."""
+        parts = [x]
+        if self.mask_channels:
+            require(
+                cond is not None and cond.mask is not None and cond.known is not None,
+                "this model is mask-conditioned: cond.mask and cond.known are required",
+            )
+            mask = cond.mask.to(x.dtype)
+            parts += [cond.known.to(x.dtype) * mask, mask]
+        else:
             require(
                 cond is None or cond.mask is None,
                 "this model was built without mask conditioning; use conditioning=inpaint",
             )
-            return x
-        require(
-            cond is not None and cond.mask is not None and cond.known is not None,
-            "this model is mask-conditioned: cond.mask and cond.known are required",
-        )
-        mask = cond.mask.to(x.dtype)
-        return torch.cat([x, cond.known.to(x.dtype) * mask, mask], dim=1)
+        if self.self_cond_channels:
+            estimate = None if cond is None else cond.self_cond
+            parts.append(torch.zeros_like(x) if estimate is None else estimate.to(x.dtype))
+        else:
+            require(
+                cond is None or cond.self_cond is None,
+                "this model was built without self-conditioning; train with "
+                "diffusion.self_condition=true",
+            )
+        return torch.cat(parts, dim=1) if len(parts) > 1 else x
 
 
 def check_image_size(image_size: int, levels: int, key: str = "data.image_size") -> None:

@@ -51,6 +51,7 @@ class CourseUNet(nn.Module):
         num_classes: int = 0,
         attribute_sizes: tuple[int, ...] | list[int] = (),
         mask_conditioning: bool = False,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         channels = tuple(channels)
@@ -59,10 +60,14 @@ class CourseUNet(nn.Module):
         self.image_size = image_size
         self.time_dim = time_dim
         self.cond = CondEmbedding(
-            time_dim, num_classes, attribute_sizes, in_channels + 1 if mask_conditioning else 0
+            time_dim,
+            num_classes,
+            attribute_sizes,
+            mask_channels=in_channels + 1 if mask_conditioning else 0,
+            self_cond_channels=in_channels if self_condition else 0,
         )
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.ReLU())
-        self.conv_in = nn.Conv2d(in_channels + self.cond.mask_channels, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + self.cond.extra_channels, channels[0], 3, padding=1)
         self.downs = nn.ModuleList(
             _Block(channels[i], channels[i + 1], time_dim, up=False)
             for i in range(len(channels) - 1)

@@ -59,6 +59,7 @@ class GeluUNet(nn.Module):
         num_classes: int = 0,
         attribute_sizes: tuple[int, ...] | list[int] = (),
         mask_conditioning: bool = False,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         channels = tuple(channels)
@@ -70,12 +71,16 @@ class GeluUNet(nn.Module):
             )
         self.in_channels, self.image_size, self.time_dim = in_channels, image_size, time_dim
         self.cond = CondEmbedding(
-            time_dim, num_classes, attribute_sizes, in_channels + 1 if mask_conditioning else 0
+            time_dim,
+            num_classes,
+            attribute_sizes,
+            mask_channels=in_channels + 1 if mask_conditioning else 0,
+            self_cond_channels=in_channels if self_condition else 0,
         )
         self.time_mlp = nn.Sequential(
             nn.Linear(time_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)
         )
-        self.conv_in = nn.Conv2d(in_channels + self.cond.mask_channels, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + self.cond.extra_channels, channels[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(_ConvBlock(c, c, groups) for c in channels[:-1])
         self.downs = nn.ModuleList(_PatchDown(a, b) for a, b in zip(channels[:-1], channels[1:]))
         self.mid1 = _ConvBlock(channels[-1], channels[-1], groups)

@@ -82,6 +82,7 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
         num_classes=cfg.data.num_classes if c.use_labels else 0,
         attribute_sizes=[2] * len(c.attributes),
         mask_conditioning=bool(c.get("mask", False)),
+        self_condition=bool(cfg.diffusion.get("self_condition", False)),
     )
 
 

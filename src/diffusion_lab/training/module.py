@@ -37,6 +37,28 @@ def ema_with_warmup(decay: float) -> Callable:
     return update
 
 
+class SelfConditioning:
+    """Sampling with a self-conditioned network (Chen et al. 2022): `feed` wraps the network
+    so that every call gets the x0 estimate `track` saw last (none before the first step), so
+    each reverse step refines the previous step's estimate. One holder serves both branches
+    of classifier-free guidance, which then see the guided estimate."""
+
+    def __init__(self, diffusion: GaussianDiffusion) -> None:
+        self.diffusion = diffusion
+        self.x0: Tensor | None = None
+
+    def feed(self, net: nn.Module) -> Callable[[Tensor, Tensor, Cond | None], Tensor]:
+        return lambda x, t, cond: net(x, t, replace(cond or Cond(), self_cond=self.x0))
+
+    def track(self, denoise: Callable[[Tensor, Tensor], Tensor]) -> Callable:
+        def tracked(x: Tensor, t: Tensor) -> Tensor:
+            out = denoise(x, t)
+            self.x0 = self.diffusion.split_prediction(out, x, t)[0].to(x.dtype)
+            return out
+
+        return tracked
+
+
 def bucket_edges(num_timesteps: int, buckets: int) -> list[int]:
     return [round(i * num_timesteps / buckets) for i in range(buckets + 1)]
 
@@ -144,8 +166,15 @@ class DiffusionModule(pl.LightningModule):
         loss_mask = None
         if cond is not None and cond.mask is not None and self.inpaint_loss == "masked":
             loss_mask = 1 - cond.mask
+        if self.diffusion.self_condition:
+            base = cond or Cond()
+
+            def model(x: Tensor, tt: Tensor, estimate: Tensor | None) -> Tensor:
+                return net(x, tt, replace(base, self_cond=estimate))
+        else:
+            model = bind(net, cond)
         losses, t = self.diffusion.training_losses(
-            lambda x, tt: net(x, tt, cond), x0, loss_mask=loss_mask, generator=generator
+            model, x0, loss_mask=loss_mask, generator=generator
         )
         loss = losses.mean()
         # epoch-level val metrics agree across DDP ranks (checkpointing monitors val/loss)
@@ -324,8 +353,11 @@ class DiffusionModule(pl.LightningModule):
             mask=mask if self.mask_conditioned else None,
             known=known if self.mask_conditioned else None,
         )
+        # self-conditioning: every call sees the x0 the previous call predicted
+        estimate = SelfConditioning(self.diffusion) if self.diffusion.self_condition else None
+        model = net if estimate is None else estimate.feed(net)
         if cond.labels is None and cond.attrs is None and cond.mask is None:
-            denoise = bind(net, None)
+            denoise = bind(model, None)
         else:
             null = cond.without_labels(self.num_classes)
             if cond.attrs is not None:
@@ -333,10 +365,12 @@ class DiffusionModule(pl.LightningModule):
                     null,
                     attrs=torch.tensor(self.attribute_sizes, device=device).expand_as(cond.attrs),
                 )
-            denoise = classifier_free(bind(net, cond), bind(net, null), w)
+            denoise = classifier_free(bind(model, cond), bind(model, null), w)
         if self.channels_last:
             inner = denoise
             denoise = lambda x, t: inner(x.contiguous(memory_format=torch.channels_last), t)  # noqa: E731
+        if estimate is not None:
+            denoise = estimate.track(denoise)
         g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         opts = {**self.sampler, **(sampler or {})}
         name = opts.pop("name", "ddim")
@@ -356,11 +390,22 @@ class DiffusionModule(pl.LightningModule):
                         mask is not None,
                         "sampler.name=onepass is for inpainting (known= and mask=) only",
                     )
+                    passes = int(opts.get("passes", 1))
+                    require(
+                        passes == 1 or (passes > 1 and estimate is not None),
+                        f"sampler.passes={passes}: more than one pass refines the previous "
+                        "estimate, which needs a model trained with diffusion.self_condition=true",
+                    )
                     t = torch.full((n,), self.diffusion.num_timesteps - 1, device=device)
                     x_T = torch.randn(known.shape, device=device, generator=g)
-                    x, _ = self.diffusion.split_prediction(denoise(x_T, t), x_T, t)
+                    for _ in range(passes):  # each pass sees the previous pass's x0
+                        x, _ = self.diffusion.split_prediction(denoise(x_T, t), x_T, t)
                 else:
-                    opts = {k: v for k, v in opts.items() if k not in ("jump_length", "resamples")}
+                    opts = {
+                        k: v
+                        for k, v in opts.items()
+                        if k not in ("jump_length", "resamples", "passes")
+                    }
                     if mask is not None:
                         denoise = keep_known(self.diffusion, denoise, known, mask)
                     x = sample(

@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from diffusion_lab.cli import run_task
-from diffusion_lab.training.build import load_module
+from diffusion_lab.training.build import build_module, load_module
 from diffusion_lab.training.run import train
 
 from .conftest import TINY_PATTERNS, compose_cfg, run_module
@@ -101,9 +101,17 @@ def test_same_seed_same_losses_and_samples(make_cfg, tmp_path):
     assert '"seed": 42' in (tmp_path / "a" / "run_info.json").read_text()
 
 
-def test_bf16_mixed_trains_on_cpu(make_cfg):
+def test_bf16_mixed_trains_on_cpu_and_samples_under_bf16_autocast(make_cfg):
     metrics = train(make_cfg("trainer.precision=bf16-mixed"))
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    for precision, expected in (("bf16-mixed", [True]), ("32", [False])):
+        module = build_module(make_cfg(f"trainer.precision={precision}"))
+        seen: list[bool] = []
+        module.sampling_net.register_forward_pre_hook(
+            lambda m, args, seen=seen: seen.append(torch.is_autocast_enabled("cpu"))
+        )
+        out = module.generate(2, sampler={"steps": 1})
+        assert seen == expected and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, capsys):

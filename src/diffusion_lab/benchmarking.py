@@ -1,5 +1,5 @@
 """Measurement helpers shared by scripts/benchmark*.py: training and sampling throughput through a
-plain PyTorch loop and through the framework, FLOP counts and the machine's matmul peak.
+plain PyTorch loop and through the framework, FLOP counts and the machine's fp32 peak.
 
 Rates are images (or image*steps) per second over a timed window after warm-up steps; callers
 interleave rounds and take medians because absolute CPU figures drift between windows. Each
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffusion_lab.data.loader import TensorBatches, to_model_range
@@ -121,19 +122,34 @@ def n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def matmul_gflops(n: int = 2048, windows: int = 5, seconds: float = 0.5) -> float:
-    """fp32 matmul throughput of this machine, the best of several windows: the denominator of
-    '% of peak' (a peak, so the maximum, not the median, of windows disturbed by other work)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+def _best_gflops(op: Callable[[], object], flops: float, windows: int, seconds: float) -> float:
+    """The best of several timing windows (a peak, so the maximum, not the median, of windows
+    disturbed by other work)."""
+    op()
     best = 0.0
     for _ in range(windows):
         count, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            a @ b
+            op()
             count += 1
-        best = max(best, 2 * n**3 * count / (time.perf_counter() - t0) / 1e9)
+        best = max(best, flops * count / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+def matmul_gflops(n: int = 2048, windows: int = 5, seconds: float = 0.5) -> float:
+    """fp32 matmul throughput of this machine (BLAS: MKL in the PyPI wheels)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return _best_gflops(lambda: a @ b, 2 * n**3, windows, seconds)
+
+
+def conv_gflops(ch: int = 256, size: int = 32, batch: int = 16, windows: int = 5) -> float:
+    """fp32 throughput of a large channels_last 3x3 convolution (oneDNN). On AMD CPUs MKL's
+    matmul runs well below what oneDNN's convolutions reach, so a matmul alone understates
+    the peak a U-Net can be measured against."""
+    x = torch.randn(batch, ch, size, size).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(ch, ch, 3, 3).contiguous(memory_format=torch.channels_last)
+    flops = 2 * batch * size * size * ch * ch * 9
+    return _best_gflops(lambda: F.conv2d(x, w, padding=1), flops, windows, 0.5)
 
 
 def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

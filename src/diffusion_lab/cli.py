@@ -1,5 +1,7 @@
 """Shared wrapper for the @hydra.main entry points: user errors become one line and exit 2."""
 
+import difflib
+import functools
 import logging
 import sys
 import traceback
@@ -14,6 +16,107 @@ from omegaconf import DictConfig
 from diffusion_lab.errors import UserError
 
 log = logging.getLogger("diffusion_lab")
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Hydra's own flags (--cfg job, -cn NAME, --help, ...) change what is composed: Hydra checks those
+_CHECKED_FLAGS = {"-m", "--multirun"}
+
+
+def _config_error(error: Exception, override: str) -> str:
+    """Hydra's multi-line composition report as one line naming the key and what is allowed."""
+    from hydra.errors import MissingConfigException
+
+    options = getattr(error, "options", None)
+    if isinstance(error, MissingConfigException) and options:
+        group = (error.missing_cfg_file or override.split("=")[0]).rsplit("/", 1)[0]
+        return f"{override}: no such {group} config; choose one of: {', '.join(options)}"
+    cause = error.__cause__
+    parent = getattr(cause, "parent_node", None)
+    if getattr(cause, "full_key", None) and parent is not None:
+        full_key, key = str(cause.full_key), str(cause.key)
+        prefix = full_key[: -len(key)]
+        known = [str(k) for k in parent.keys() if k != "hydra"]
+        if not prefix:  # a config group left empty by default (sampler, debug) is no key yet
+            known += sorted(
+                d.name for d in CONF_DIR.iterdir() if d.is_dir() and d.name not in [*known, "hydra"]
+            )
+        close = difflib.get_close_matches(key, known, n=1)
+        where = f"keys of {prefix[:-1]}" if prefix else "top-level keys"
+        hint = f"did you mean {prefix}{close[0]}?" if close else f"{where}: {', '.join(known)}"
+        return f"{full_key} is not a config key; {hint}"
+    lines = [line.strip().rstrip(".") for line in str(error).splitlines() if line.strip()]
+    return f"{override}: " + "; ".join(lines)
+
+
+def check_overrides(config_name: str, args: list[str]) -> None:
+    """Compose the config from these command-line overrides before Hydra does, so that a typo in
+    a key or a config choice is one line (UserError) rather than Hydra's multi-line report.
+
+    A choice sweep over a config group (`model=a,b`) is checked choice by choice, one over a value
+    (`seed=1,2`) by its first value; range, interval and glob sweeps are left to the sweeper."""
+    if not CONF_DIR.is_dir() or any(a.startswith("-") and a not in _CHECKED_FLAGS for a in args):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    parser = OverridesParser.create()
+    fixed: list[str] = []  # every override with a single value: the first of a choice sweep
+    sweeps: list[tuple[int, list[str]]] = []  # position in `fixed` -> the other choices
+    for arg in (a for a in args if a not in _CHECKED_FLAGS):
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except HydraException as e:
+            raise UserError(f"cannot read the override {arg!r}: {str(e).splitlines()[0]}") from None
+        if not override.is_sweep_override():
+            fixed.append(arg)
+        elif override.value_type != ValueType.GLOB_CHOICE_SWEEP and override.is_choice_sweep():
+            first, *others = override.sweep_string_iterator()
+            key = override.get_key_element()
+            if (CONF_DIR / override.key_or_group).is_dir():  # each choice is its own file
+                sweeps.append((len(fixed), [f"{key}={v}" for v in others]))
+            fixed.append(f"{key}={first}")
+    variants = [(fixed, None)] + [
+        (fixed[:i] + [alt] + fixed[i + 1 :], alt) for i, alts in sweeps for alt in alts
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for overrides, swept in variants:
+            try:
+                compose(config_name=config_name, overrides=overrides)
+            except (HydraException, OmegaConfBaseException) as e:
+                culprit = swept or _culprit(e, overrides)
+                raise UserError(_config_error(e, culprit)) from None
+
+
+def checked_command_line(config_name: str) -> Callable[[Callable], Callable]:
+    """Put on top of @hydra.main: config typos on the command line become one `error:` line and
+    exit code 2 before Hydra starts."""
+
+    def decorate(hydra_main: Callable) -> Callable:
+        @functools.wraps(hydra_main)
+        def main(*args: Any, **kwargs: Any) -> Any:
+            try:
+                check_overrides(config_name, sys.argv[1:])
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+            return hydra_main(*args, **kwargs)
+
+        return main
+
+    return decorate
+
+
+def _culprit(error: Exception, overrides: list[str]) -> str:
+    """The override a composition error is about (Hydra quotes its key or the missing file)."""
+    text, missing = str(error), getattr(error, "missing_cfg_file", None) or ""
+    for override in reversed(overrides):
+        key = override.split("=", 1)[0].lstrip("+~")
+        if f"'{key}'" in text or missing.startswith(key.split("@")[0] + "/"):
+            return override
+    return " ".join(overrides)
 
 
 def _multirun() -> bool:

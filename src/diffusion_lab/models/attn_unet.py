@@ -160,10 +160,7 @@ class AttnUNet(nn.Module):
         return h
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
-        emb = self.time_mlp(sinusoidal_embedding(t, self.base).to(x.dtype))
-        c_emb = self.cond(cond, x.shape[0], x.device)
-        if c_emb is not None:
-            emb = emb + c_emb
+        emb = self.cond.add_to(self.time_mlp(sinusoidal_embedding(t, self.base).to(x.dtype)), cond)
         h = self.conv_in(self.cond.extra_input(x, cond))
         skips = []
         for i, layers in enumerate(self.down_levels):

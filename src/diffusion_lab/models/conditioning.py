@@ -76,7 +76,8 @@ class CondEmbedding(nn.Module):
         self.label_embedding = nn.Embedding(num_classes + 1, dim) if num_classes else None
         self.attr_embeddings = nn.ModuleList(nn.Embedding(n + 1, dim) for n in self.attribute_sizes)
 
-    def forward(self, cond: Cond | None, batch: int, device: torch.device) -> Tensor | None:
+    def forward(self, cond: Cond | None) -> Tensor | None:
+        """The summed label and attribute embeddings, or None when there are none."""
         if cond is None:
             return None
         emb = None
@@ -97,6 +98,11 @@ class CondEmbedding(nn.Module):
                 e = table(cond.attrs[:, i])
                 emb = e if emb is None else emb + e
         return emb
+
+    def add_to(self, emb: Tensor, cond: Cond | None) -> Tensor:
+        """The time embedding plus the label and attribute embeddings."""
+        c_emb = self(cond)
+        return emb if c_emb is None else emb + c_emb
 
     @property
     def extra_channels(self) -> int:

@@ -84,10 +84,9 @@ class CourseUNet(nn.Module):
         self.conv_out = nn.Conv2d(channels[0], in_channels, 1)
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
-        t_emb = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype))
-        c_emb = self.cond(cond, x.shape[0], x.device)
-        if c_emb is not None:
-            t_emb = t_emb + c_emb
+        t_emb = self.cond.add_to(
+            self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype)), cond
+        )
         h = self.conv_in(self.cond.extra_input(x, cond))
         skips = []
         for block in self.downs:

@@ -11,20 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffusion_lab.diffusion.gaussian import DenoiseFn, GaussianDiffusion, _gather
+from diffusion_lab.diffusion.gaussian import DenoiseFn, GaussianDiffusion
 from diffusion_lab.errors import require
 
 ScoreFn = Callable[[Tensor], Tensor]
-
-
-def output_from_x0(diffusion: GaussianDiffusion, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-    """The network output (eps, x0 or v, per diffusion.objective) that predicts this x0 at x_t."""
-    if diffusion.objective == "x0":
-        return x0
-    sa = _gather(diffusion.sqrt_alpha_bar, t, x_t.ndim)
-    s1 = _gather(diffusion.sqrt_one_minus_alpha_bar, t, x_t.ndim)
-    eps = (x_t - sa * x0) / s1
-    return eps if diffusion.objective == "eps" else sa * eps - s1 * x0
 
 
 def score_guided(
@@ -55,6 +45,6 @@ def score_guided(
         x0 = x0 + scale * grad
         if diffusion.clip_x0:
             x0 = x0.clamp(-1, 1)
-        return output_from_x0(diffusion, x0, x, t)
+        return diffusion.output_from_x0(x0, x, t)
 
     return guided

@@ -15,7 +15,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -24,11 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusion_lab.diffusion import sample
-from diffusion_lab.diffusion.guidance import bind, classifier_free
+from diffusion_lab.diffusion.gaussian import DenoiseFn
 from diffusion_lab.diffusion.score_guidance import score_guided
 from diffusion_lab.errors import UserError, require
-from diffusion_lab.models import Cond
 
 log = logging.getLogger("diffusion_lab")
 
@@ -418,41 +416,11 @@ def clip_guided_generate(
     normalize: bool = True,
     guidance_scale: float | None = None,
 ) -> Tensor:
-    """Like DiffusionModule.generate, with predicted x0 nudged along grad score_fn at each step.
+    """DiffusionModule.generate with the predicted x0 nudged along grad score_fn at each step."""
 
-    generate() runs under inference_mode (no autograd at all); here the sampler runs under
-    no_grad and score_guided switches gradients on for the score only.
-    """
-    w = module.guidance_scale if guidance_scale is None else guidance_scale
-    if labels is None and module.num_classes:
-        labels = torch.arange(n) % module.num_classes
-    attrs = None
-    if module.attribute_sizes:
-        attrs = torch.zeros(n, len(module.attribute_sizes), dtype=torch.long)
-    module.check_cond(labels, attrs, w)
-    net = module.sampling_net
-    was_training = net.training
-    net.eval()
-    device = module.device
-    cond = Cond(
-        labels=labels.to(device) if labels is not None else None,
-        attrs=attrs.to(device) if attrs is not None else None,
+    def guide(denoise: DenoiseFn) -> DenoiseFn:
+        return score_guided(module.diffusion, denoise, score_fn, scale, normalize=normalize)
+
+    return module.generate(
+        n, labels=labels, sampler=sampler, guidance_scale=guidance_scale, seed=seed, guide=guide
     )
-    if cond.labels is None and cond.attrs is None:
-        denoise = bind(net, None)
-    else:
-        null = cond.without_labels(module.num_classes)
-        if cond.attrs is not None:
-            sizes = torch.tensor(module.attribute_sizes, device=device)
-            null = replace(null, attrs=sizes.expand_as(cond.attrs))
-        denoise = classifier_free(bind(net, cond), bind(net, null), w)
-    denoise = score_guided(module.diffusion, denoise, score_fn, scale, normalize=normalize)
-    g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    opts = {**module.sampler, **(sampler or {})}
-    shape = (n, net.in_channels, net.image_size, net.image_size)
-    try:
-        with torch.no_grad():
-            x = sample(module.diffusion, denoise, shape, generator=g, **opts)
-    finally:
-        net.train(was_training)
-    return x.clamp(-1, 1)

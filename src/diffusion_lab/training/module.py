@@ -14,6 +14,7 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric
 
 from diffusion_lab.diffusion import GaussianDiffusion, sample
+from diffusion_lab.diffusion.gaussian import DenoiseFn
 from diffusion_lab.diffusion.guidance import bind, classifier_free, keep_known
 from diffusion_lab.diffusion.repaint import repaint_sample
 from diffusion_lab.errors import UserError, require
@@ -301,7 +302,6 @@ class DiffusionModule(pl.LightningModule):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if bf16 else torch.float16)
 
-    @torch.inference_mode()
     def generate(
         self,
         n: int,
@@ -313,6 +313,7 @@ class DiffusionModule(pl.LightningModule):
         callback: Callable | None = None,
         known: Tensor | None = None,
         mask: Tensor | None = None,
+        guide: Callable[[DenoiseFn], DenoiseFn] | None = None,
     ) -> Tensor:
         """n images in [-1, 1] from the EMA network. Class/attribute conditioning if given.
 
@@ -322,6 +323,10 @@ class DiffusionModule(pl.LightningModule):
         uses RePaint. Known pixels go into every step's predicted x0 and are pasted back
         exactly at the end. A mask-conditioned model asked for plain samples gets an
         all-unknown mask.
+
+        `guide` wraps the (classifier-free guided) denoiser, e.g. with score guidance; the
+        sampler then runs under no_grad instead of inference_mode, so the guide can take
+        gradients.
         """
         w = self.guidance_scale if guidance_scale is None else guidance_scale
         if labels is None and self.num_classes:
@@ -367,6 +372,8 @@ class DiffusionModule(pl.LightningModule):
                     attrs=torch.tensor(self.attribute_sizes, device=device).expand_as(cond.attrs),
                 )
             denoise = classifier_free(bind(model, cond), bind(model, null), w)
+        if guide is not None:
+            denoise = guide(denoise)
         if self.channels_last:
             inner = denoise
             denoise = lambda x, t: inner(x.contiguous(memory_format=torch.channels_last), t)  # noqa: E731
@@ -378,8 +385,9 @@ class DiffusionModule(pl.LightningModule):
         if name == "repaint" and mask is None:  # plain sampling with RePaint's schedule
             known = torch.zeros(n, c, s, s, device=device)
             mask = torch.zeros(n, 1, s, s, device=device)
+        grad_mode = torch.no_grad() if guide is not None else torch.inference_mode()
         try:
-            with self._sampling_autocast():
+            with grad_mode, self._sampling_autocast():
                 if mask is not None and (name == "repaint" or not self.mask_conditioned):
                     # RePaint works with any model; an unconditional one has no other way to inpaint
                     rp = {k: opts[k] for k in ("steps", "jump_length", "resamples") if k in opts}

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -90,19 +91,23 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 raise UserError(_config_error(e, culprit)) from None
 
 
-def checked_command_line(config_name: str) -> Callable[[Callable], Callable]:
-    """Put on top of @hydra.main: config typos on the command line become one `error:` line and
-    exit code 2 before Hydra starts."""
+def hydra_entry(config_name: str) -> Callable[[Callable], Callable]:
+    """@hydra.main on conf/<config_name>.yaml, with the command line checked first: config
+    typos become one `error:` line and exit code 2 before Hydra starts."""
 
-    def decorate(hydra_main: Callable) -> Callable:
+    def decorate(task_function: Callable) -> Callable:
+        hydra_main = hydra.main(
+            version_base="1.3", config_path=str(CONF_DIR), config_name=config_name
+        )(task_function)
+
         @functools.wraps(hydra_main)
-        def main(*args: Any, **kwargs: Any) -> Any:
+        def main() -> Any:
             try:
                 check_overrides(config_name, sys.argv[1:])
             except UserError as e:
                 print(f"error: {e}", file=sys.stderr)
                 sys.exit(2)
-            return hydra_main(*args, **kwargs)
+            return hydra_main()
 
         return main
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from diffusion_lab.cli import CONF_DIR
 from diffusion_lab.errors import UserError, require
 
 FIGURES = ("forward", "embedding", "progression", "triplets", "all")
-CONF = Path(__file__).resolve().parents[3] / "conf"
 
 
 def compose_train_config(overrides: list[str]) -> DictConfig:
@@ -32,7 +32,7 @@ def compose_train_config(overrides: list[str]) -> DictConfig:
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="train", overrides=overrides)
     except HydraException as e:
         raise UserError(str(e).splitlines()[0]) from None

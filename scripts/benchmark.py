@@ -5,14 +5,17 @@
 For each U-Net and dataset shape (28x28x1 MNIST, 32x32x3 patterns): training images/s through
 the framework (DiffusionModule + Trainer + EMA + bucket logging + in-memory batches) and
 through a plain PyTorch loop (batch 128), forward MFLOPs per image (torch.utils.flop_counter),
-the achieved fraction of this machine's fp32 peak (the faster of a 2048^2 matmul and a large
-3x3 convolution; a training step counted as 3x the forward), DDIM sampling image*steps/s at batch 256 and the memory a training step adds to
-the process (peak resident memory above the baseline). The optional peers (pip install -e
-".[peers]": diffusers UNet2DModel, denoising-diffusion-pytorch Unet) are built at the efficient U-Net's parameter count and
+the achieved fraction of this machine's fp32 matmul rate (a 2048^2 matmul timed in the same
+rounds as the models; a training step counted as 3x the forward) and of its best fp32 rate (the
+best window of that matmul or of a large 3x3 convolution), DDIM sampling image*steps/s at batch
+256 and the memory a training step adds to the process (peak resident memory above the
+baseline). The optional peers (pip install -e ".[peers]": diffusers UNet2DModel,
+denoising-diffusion-pytorch Unet) are built at the efficient U-Net's parameter count and
 measured in the same rounds: every round times every model once, so all of them see the same
 drift, and the median of the rounds is reported. Then the data pipeline rates, the speed
 options (channels_last, Adam foreach/fused, bf16 autocast, sampling batch, inference mode,
-torch.compile with --compile) and the sampling cost per 1,000 images.
+torch.compile with --compile) and the sampling cost per 1,000 images. Like the entry points,
+the whole run keeps freed memory in the heap (diffusion_lab.host_memory).
 """
 
 import argparse
@@ -44,6 +47,7 @@ from diffusion_lab.benchmarking import (
 )
 from diffusion_lab.data.loader import TensorBatches
 from diffusion_lab.data.patterns import generate_patterns
+from diffusion_lab.host_memory import keep_freed_memory
 from diffusion_lab.training.measure import forward_mflops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +95,8 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
             fns[f"{name}|framework"] = partial(
                 framework_train_rate, make, images, args.batch, args.seconds
             )
+    # the matmul peak is timed in the same rounds, so each round's fraction sees one drift
+    fns["matmul"] = partial(matmul_gflops, windows=1, seconds=args.seconds)
     rounds = interleaved_rounds(fns, args.rounds)
     rates = {k: statistics.median(v) for k, v in rounds.items()}
     rows = []
@@ -105,10 +111,17 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
             if fw
             else None
         )
+        gflops_per_round = [
+            3 * mflops * r / 1e3 for r in rounds[f"{name}|{'framework' if fw else 'plain'}"]
+        ]
+        matmul_fraction = statistics.median(
+            g / m for g, m in zip(gflops_per_round, rounds["matmul"])
+        )
         rss = train_step_mib(kinds[name], c, s, args.batch)
         row = {
             "model": name, "shape": shape_name, "params": n_params(make()), "mflops": mflops,
             "plain": plain, "framework": fw, "framework_over_plain": ratio,
+            "matmul_fraction": matmul_fraction, "matmul_gflops_rounds": statistics.median(rounds["matmul"]),
             "peak_fraction": 3 * mflops * 1e6 * (fw or plain) / (peak * 1e9),
             "sample_img_steps_per_s": sampling_rate(make, (c, s, s), args.sample_batch, steps=3),
             "train_step_mib": rss,
@@ -117,7 +130,8 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
         print(
             f"| {name} | {shape_name} | {row['params']:,} | {mflops:.0f} | {plain:.1f} | "
             + (f"{fw:.1f} | {ratio:.3f} | " if fw else "- | - | ")
-            + f"{100 * row['peak_fraction']:.0f}% | {row['sample_img_steps_per_s']:.0f} | "
+            + f"{100 * matmul_fraction:.0f}% | {100 * row['peak_fraction']:.0f}% | "
+            + f"{row['sample_img_steps_per_s']:.0f} | "
             + ("- |" if rss is None else f"{rss:.0f} |"),
             flush=True,
         )
@@ -145,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
         if shape not in SHAPES:
             p.error(f"--shapes: {shape!r} is not one of {list(SHAPES)}")
     started = time.perf_counter()
-    report: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    report: dict = {"keep_freed_memory": keep_freed_memory()}  # as train/sample/evaluate run
+    report.update({"torch": torch.__version__, "threads": torch.get_num_threads()})
     report["matmul_gflops"], report["conv_gflops"] = matmul_gflops(), conv_gflops()
     peak = report["peak_gflops"] = max(report["matmul_gflops"], report["conv_gflops"])
     print(
@@ -155,9 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(
         "| model | shape | params | fwd MFLOP/img | plain img/s | framework img/s | ratio "
-        "| % of fp32 peak | sample img*step/s | training step MiB |"
+        "| % of matmul | % of fp32 peak | sample img*step/s | training step MiB |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [row for shape in args.shapes.split(",") for row in measure_shape(shape, args, peak)]
     report["models"] = rows
 

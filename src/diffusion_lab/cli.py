@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from diffusion_lab.errors import UserError
+from diffusion_lab.host_memory import keep_freed_memory
 
 log = logging.getLogger("diffusion_lab")
 
@@ -156,6 +157,7 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     metrics.json {"status": "failed", ...} in its directory and scored NaN, so the other jobs go
     on. In a single run a user error is one `error:` line and exit 2; a bug keeps its traceback.
     """
+    keep_freed_memory()
     try:
         metrics = task(cfg)
     except Exception as e:

@@ -159,8 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
         if shape not in SHAPES:
             p.error(f"--shapes: {shape!r} is not one of {list(SHAPES)}")
     started = time.perf_counter()
-    report: dict = {"keep_freed_memory": keep_freed_memory()}  # as train/sample/evaluate run
-    report.update({"torch": torch.__version__, "threads": torch.get_num_threads()})
+    report: dict = {
+        "keep_freed_memory": keep_freed_memory(),  # as train/sample/evaluate run
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     report["matmul_gflops"], report["conv_gflops"] = matmul_gflops(), conv_gflops()
     peak = report["peak_gflops"] = max(report["matmul_gflops"], report["conv_gflops"])
     print(

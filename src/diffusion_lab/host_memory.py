@@ -1,10 +1,10 @@
-"""Host-memory settings for CPU training, shared by the entry points and the benchmarks.
+"""The host-memory setting for CPU training, shared by the entry points and the benchmarks.
 
-glibc's malloc hands blocks above its mmap threshold straight back to the kernel
-when they are freed, so each CPU training step maps fresh pages for its activations and the
-kernel zero-fills them again: 10,000-20,000 page faults and 20-40 ms of system time per
-efficient U-Net step at batch 128 (getrusage). `keep_freed_memory`, called by the entry points
-and the benchmarks, keeps freed blocks in the heap for the next step.
+glibc's malloc hands blocks above its mmap threshold straight back to the kernel when they are
+freed, so each CPU training step maps fresh pages for its activations and the kernel zero-fills
+them again: 10,000-20,000 page faults and 20-40 ms of system time per efficient U-Net step at
+batch 128 (getrusage). `keep_freed_memory`, called by the entry points and the benchmarks, keeps
+freed blocks in the heap for the next step.
 """
 
 import ctypes

@@ -70,8 +70,11 @@ def images_for(shape: tuple[int, int], n: int = 2048) -> torch.Tensor:
 
 def interleaved_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():  # interleaved: every option sees the same drift
+    order = list(fns.items())
+    for r in range(rounds):
+        # interleaved, and every other round in reverse (ABBA): a steady drift of the host
+        # favours no option, neither across the rounds nor within the back-to-back pairs
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             torch.manual_seed(0)
             results[name].append(fn())
     return results

@@ -114,17 +114,16 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
             if fw
             else None
         )
-        gflops_per_round = [
-            3 * mflops * r / 1e3 for r in rounds[f"{name}|{'framework' if fw else 'plain'}"]
-        ]
+        measured = rounds[f"{name}|{'framework' if fw else 'plain'}"]
+        # training GFLOP/s (3 x forward, MFLOPs x img/s / 1e3) over the same round's matmul
         matmul_fraction = statistics.median(
-            g / m for g, m in zip(gflops_per_round, rounds["matmul"])
+            3 * mflops * r / 1e3 / m for r, m in zip(measured, rounds["matmul"])
         )
         rss = train_step_mib(kinds[name], c, s, args.batch)
         row = {
             "model": name, "shape": shape_name, "params": n_params(make()), "mflops": mflops,
             "plain": plain, "framework": fw, "framework_over_plain": ratio,
-            "matmul_fraction": matmul_fraction, "matmul_gflops_rounds": statistics.median(rounds["matmul"]),
+            "matmul_fraction": matmul_fraction, "matmul_gflops_rounds": rates["matmul"],
             "peak_fraction": 3 * mflops * 1e6 * (fw or plain) / (peak * 1e9),
             "sample_img_steps_per_s": sampling_rate(make, (c, s, s), args.sample_batch, steps=3),
             "train_step_mib": rss,

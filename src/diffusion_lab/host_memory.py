@@ -2,7 +2,7 @@
 
 glibc's malloc hands blocks above its mmap threshold straight back to the kernel when they are
 freed, so each CPU training step maps fresh pages for its activations and the kernel zero-fills
-them again: 10,000-20,000 page faults and 20-40 ms of system time per efficient U-Net step at
+them again: 10,000-22,000 page faults and 20-45 ms of system time per efficient U-Net step at
 batch 128 (getrusage). `keep_freed_memory`, called by the entry points and the benchmarks, keeps
 freed blocks in the heap for the next step.
 """

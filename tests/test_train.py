@@ -1,13 +1,18 @@
 """End-to-end: train from composed configs, resume, sample, and read back TensorBoard events."""
 
 import json
+import warnings
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities._pytree import _tree_flatten
+from pytorch_lightning.utilities.model_summary import ModelSummary
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from diffusion_lab.training.build import load_module
-from diffusion_lab.training.run import sample, train
+from diffusion_lab.training.build import build_module, load_module
+from diffusion_lab.training.measure import forward_mflops
+from diffusion_lab.training.run import quiet_lightning, sample, train
 
 from .conftest import compose_cfg
 
@@ -77,3 +82,23 @@ def test_sample_from_checkpoint(make_cfg, tmp_path):
         16, labels=torch.arange(8).repeat_interleave(2), sampler={"steps": 4}, seed=0
     )
     assert torch.allclose(again, images)  # same seed, same samples
+
+
+def test_model_summary_counts_the_nets_flops(make_cfg):
+    for experiment in ("experiment=patterns_inpaint", "conditioning=class"):
+        module = build_module(make_cfg(experiment))
+        flops = ModelSummary(module).total_flops
+        assert flops > 0
+        assert flops == pytest.approx(forward_mflops(module.net) * 1e6)
+
+
+def test_lightnings_advert_and_internal_deprecation_are_dropped(caplog):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_lightning()
+        _tree_flatten(torch.zeros(1))
+        with caplog.at_level("INFO"):
+            pl.Trainer(logger=False, accelerator="cpu", enable_progress_bar=False)
+    assert "GPU available" in caplog.text  # Lightning's own lines still come through
+    assert "litlogger" not in caplog.text
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]

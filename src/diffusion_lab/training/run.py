@@ -2,6 +2,7 @@
 
 import logging
 import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,21 @@ from diffusion_lab.training.callbacks import SampleGrid, Throughput, write_json
 from diffusion_lab.training.measure import forward_mflops
 
 log = logging.getLogger("diffusion_lab")
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Drop two lines Lightning prints in every run that say nothing about the run: an advert
+    for its cloud logger and a deprecation warning raised inside its own code by torch's pytree."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_not_an_advert)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+    )
 
 
 def versions() -> dict[str, str]:
@@ -63,6 +79,7 @@ def _instantiate_group(node: DictConfig | None, key: str) -> list[Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train from a composed config; returns the metrics written to metrics.json."""
     validate(cfg)
+    quiet_lightning()
     out = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)

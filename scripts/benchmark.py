@@ -123,10 +123,15 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
         row = {
             "model": name, "shape": shape_name, "params": n_params(make()), "mflops": mflops,
             "plain": plain, "framework": fw, "framework_over_plain": ratio,
-            "matmul_fraction": matmul_fraction, "matmul_gflops_rounds": rates["matmul"],
+            "matmul_fraction": matmul_fraction, "matmul_gflops_median": rates["matmul"],
             "peak_fraction": 3 * mflops * 1e6 * (fw or plain) / (peak * 1e9),
             "sample_img_steps_per_s": sampling_rate(make, (c, s, s), args.sample_batch, steps=3),
             "train_step_mib": rss,
+            # every round's figures, so a reader sees the host's scatter behind the medians
+            "rounds": {
+                "plain": rounds[f"{name}|plain"], "framework": rounds.get(f"{name}|framework"),
+                "matmul_gflops": rounds["matmul"],
+            },
         }  # fmt: skip
         rows.append(row)
         print(

@@ -33,7 +33,10 @@ def test_performance_suite_reports_every_figure(tmp_path):
         assert r["plain"] > 0 and r["framework"] > 0 and r["sample_img_steps_per_s"] > 0
         assert r["framework_over_plain"] > 0
         assert r["mflops"] > 0 and 0 < r["peak_fraction"] < 5 and r["train_step_mib"] >= 0
-        assert 0 < r["matmul_fraction"] < 5 and r["matmul_gflops_rounds"] > 0
+        assert 0 < r["matmul_fraction"] < 5 and r["matmul_gflops_median"] > 0
+        (plain,), (fw,), (matmul,) = r["rounds"].values()  # one round each
+        assert r["framework_over_plain"] == pytest.approx(fw / plain)
+        assert r["matmul_fraction"] == pytest.approx(3 * r["mflops"] * fw / 1e3 / matmul)
     assert report["keep_freed_memory"] is True  # Linux + glibc here
     assert report["data"]["pattern_generation_img_s"] > 0
     assert {"bf16 autocast", "Adam fused=True"} <= set(report["options"]["train"])

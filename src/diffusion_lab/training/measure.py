@@ -11,20 +11,22 @@ from diffusion_lab.models import Cond
 log = logging.getLogger("diffusion_lab")
 
 
-def dummy_cond(net: nn.Module, batch: int, device: torch.device) -> Cond | None:
-    """A conditioning input of the right shape for whatever the net was built to take."""
-    c = net.cond
+def one_image_input(net: nn.Module, device: torch.device | str = "cpu") -> tuple:
+    """(x, t, cond) for one image of the size and conditioning the net was built for."""
+    c, size, ch = net.cond, net.image_size, net.in_channels
+    x = torch.zeros(1, ch, size, size, device=device)
+    t = torch.zeros(1, dtype=torch.long, device=device)
     if not (c.num_classes or c.attribute_sizes or c.mask_channels):
-        return None
-    size, ch = net.image_size, net.in_channels
-    return Cond(
-        labels=torch.zeros(batch, dtype=torch.long, device=device) if c.num_classes else None,
-        attrs=torch.zeros(batch, len(c.attribute_sizes), dtype=torch.long, device=device)
+        return x, t, None
+    cond = Cond(
+        labels=torch.zeros(1, dtype=torch.long, device=device) if c.num_classes else None,
+        attrs=torch.zeros(1, len(c.attribute_sizes), dtype=torch.long, device=device)
         if c.attribute_sizes
         else None,
-        mask=torch.ones(batch, 1, size, size, device=device) if c.mask_channels else None,
-        known=torch.zeros(batch, ch, size, size, device=device) if c.mask_channels else None,
+        mask=torch.ones(1, 1, size, size, device=device) if c.mask_channels else None,
+        known=torch.zeros(1, ch, size, size, device=device) if c.mask_channels else None,
     )
+    return x, t, cond
 
 
 @torch.no_grad()
@@ -33,14 +35,16 @@ def forward_mflops(net: nn.Module, shape: tuple[int, int, int] | None = None) ->
     a multiply-add counted as 2 FLOPs; norms and activations are not counted). `shape` (C, H, W)
     is for networks outside this project (benchmark peers), which take `net(x, t)`."""
     device = next(net.parameters()).device
-    shape = shape or (net.in_channels, net.image_size, net.image_size)
-    x = torch.zeros(1, *shape, device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)
+    if hasattr(net, "cond"):  # this project's nets
+        inputs = one_image_input(net, device)
+    else:
+        t = torch.zeros(1, dtype=torch.long, device=device)
+        inputs = (torch.zeros(1, *shape, device=device), t)
     was_training = net.training
     net.eval()  # no BatchNorm running-stat updates from this probe
     try:
         with FlopCounterMode(display=False) as counter:
-            net(x, t, dummy_cond(net, 1, device)) if hasattr(net, "cond") else net(x, t)
+            net(*inputs)
     except Exception as e:  # a bookkeeping number must not fail a finished training run
         log.warning("could not count FLOPs (%s: %s)", type(e).__name__, e)
         return None

@@ -19,7 +19,7 @@ from diffusion_lab.diffusion.guidance import bind, classifier_free, keep_known
 from diffusion_lab.diffusion.repaint import repaint_sample
 from diffusion_lab.errors import UserError, require
 from diffusion_lab.models import Cond
-from diffusion_lab.training.measure import dummy_cond
+from diffusion_lab.training.measure import one_image_input
 
 
 def ema_with_warmup(decay: float) -> Callable:
@@ -121,12 +121,7 @@ class DiffusionModule(pl.LightningModule):
         if hasattr(net, "image_size") and not compile:
             # one image through forward() lets Lightning's model summary count the net's FLOPs
             # (not with compile: the summary's batch of 1 would cost a second compilation)
-            x = torch.zeros(1, net.in_channels, net.image_size, net.image_size)
-            self.example_input_array = (
-                x,
-                torch.zeros(1, dtype=torch.long),
-                dummy_cond(net, 1, x.device),
-            )
+            self.example_input_array = one_image_input(net)
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
         """The net's prediction for noisy images x at integer timesteps t."""

@@ -14,7 +14,9 @@ denoising-diffusion-pytorch Unet) are built at the efficient U-Net's parameter c
 measured in the same rounds: every round times every model once, so all of them see the same
 drift, and the median of the rounds is reported. Then the data pipeline rates, the speed
 options (channels_last, Adam foreach/fused, bf16 autocast, sampling batch, inference mode,
-torch.compile with --compile) and the sampling cost per 1,000 images. Like the entry points,
+torch.compile with --compile) and the sampling cost per 1,000 images. Where the CPU has AMX
+bf16 units (and the trainer defaults to bf16-mixed), the course U-Nets are also timed in bf16,
+plain loop against framework, with a bf16 matmul in the same rounds. Like the entry points,
 the whole run keeps freed memory in the heap (diffusion_lab.host_memory).
 """
 
@@ -49,6 +51,7 @@ from diffusion_lab.data.loader import TensorBatches
 from diffusion_lab.data.patterns import generate_patterns
 from diffusion_lab.host_memory import keep_freed_memory
 from diffusion_lab.training.measure import forward_mflops
+from diffusion_lab.training.precision import cpu_has_fast_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"28x28x1": (1, 28), "32x32x3": (3, 32)}
@@ -145,6 +148,60 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
     return rows
 
 
+def measure_bf16(args: argparse.Namespace, fp32_rows: list[dict]) -> dict:
+    """The course U-Nets at 28x28x1 under bf16: a plain loop in bf16 autocast against the
+    framework at trainer.precision=bf16-mixed (the CPU default where it is fast), with a bf16
+    matmul in the same rounds."""
+    report: dict = {"fast_bf16": cpu_has_fast_bf16()}
+    if not report["fast_bf16"]:
+        print("\nbf16: this CPU has no AMX bf16 units, so trainer.precision defaults to 32 here")
+        return report
+    images = images_for((1, 28))
+    fns = {}
+    for arch in COURSE_UNETS:
+        make = partial(course_unet, arch, 1, 28)
+        fns[f"{arch}|plain"] = partial(
+            plain_train_rate, make, images, args.batch, args.seconds, autocast=torch.bfloat16
+        )
+        fns[f"{arch}|framework"] = partial(
+            framework_train_rate, make, images, args.batch, args.seconds, precision="bf16-mixed"
+        )
+    fns["matmul"] = partial(matmul_gflops, windows=1, seconds=args.seconds, dtype=torch.bfloat16)
+    rounds = interleaved_rounds(fns, args.rounds)
+    report["rounds"] = rounds
+    fp32 = {r["model"]: r for r in fp32_rows if r["shape"] == "28x28x1"}
+    print(
+        f"\nbf16 (this CPU has AMX bf16 units: trainer.precision defaults to bf16-mixed); "
+        f"bf16 matmul 2048^2 {statistics.median(rounds['matmul']):.0f} GFLOP/s\n"
+    )
+    print(
+        "| model (28x28x1) | plain bf16 img/s | framework bf16-mixed img/s | framework / plain "
+        "| framework vs fp32 | % of bf16 matmul |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for arch in COURSE_UNETS:
+        plain, fw = rounds[f"{arch}|plain"], rounds[f"{arch}|framework"]
+        mflops = forward_mflops(course_unet(arch, 1, 28), (1, 28, 28))
+        row = {
+            "plain": statistics.median(plain),
+            "framework": statistics.median(fw),
+            "framework_over_plain": statistics.median(f / p for f, p in zip(fw, plain)),
+            "matmul_fraction": statistics.median(
+                3 * mflops * f / 1e3 / m for f, m in zip(fw, rounds["matmul"])
+            ),
+        }
+        fp32_fw = fp32.get(f"course {arch}", {}).get("framework")
+        row["over_fp32_framework"] = row["framework"] / fp32_fw if fp32_fw else None
+        report[arch] = row
+        print(
+            f"| course {arch} | {row['plain']:.1f} | {row['framework']:.1f} | "
+            f"{row['framework_over_plain']:.3f} | "
+            + (f"{row['over_fp32_framework']:.2f}x | " if fp32_fw else "- | ")
+            + f"{100 * row['matmul_fraction']:.0f}% |"
+        )
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -185,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [row for shape in args.shapes.split(",") for row in measure_shape(shape, args, peak)]
     report["models"] = rows
+    report["bf16"] = measure_bf16(args, rows)
 
     # data pipelines vs the fastest training rate
     t0 = time.perf_counter()
@@ -195,7 +253,10 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     n = sum(len(b["image"]) for b in TensorBatches(mnist_like, args.batch, shuffle=True))
     batch_rate = n / (time.perf_counter() - t0)
-    train_max = max(r["framework"] or r["plain"] for r in rows if r["model"].startswith("course"))
+    train_max = max(
+        [r["framework"] or r["plain"] for r in rows if r["model"].startswith("course")]
+        + [report["bf16"][a]["framework"] for a in COURSE_UNETS if a in report["bf16"]]
+    )
     report["data"] = {"pattern_generation_img_s": gen_rate, "in_memory_batches_img_s": batch_rate}
     print("\n| data pipeline | images/s | x fastest training rate |")
     print("|---|---:|---:|")
@@ -210,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     eff = partial(course_unet, "efficient", 1, 28)
     train = partial(plain_train_rate, eff, images, args.batch, args.seconds)
     options = {
-        "eager fp32, channels_last (default)": train,
+        "eager fp32, channels_last": train,
         "contiguous (channels_last off)": partial(train, channels_last=False),
         "Adam foreach=False": partial(train, adam={"foreach": False}),
         "Adam fused=True": partial(train, adam={"fused": True}),
@@ -226,15 +287,15 @@ def main(argv: list[str] | None = None) -> dict:
             plain_train_rate, lambda: compiled, images, args.batch, args.seconds
         )
     opt_rates = median_rounds(options, args.rounds)
-    base = opt_rates["eager fp32, channels_last (default)"]
-    print("\n| training option (efficient, 28x28x1) | img/s | vs default |")
+    base = opt_rates["eager fp32, channels_last"]
+    print("\n| training option (efficient, 28x28x1) | img/s | vs eager fp32 |")
     print("|---|---:|---:|")
     for k, v in opt_rates.items():
         print(f"| {k} | {v:.1f} | {v / base:.2f}x |")
 
     sample = partial(sampling_rate, eff, (1, 28, 28))
     sample_options = {
-        f"batch {args.sample_batch}, inference_mode, channels_last (default)": partial(
+        f"batch {args.sample_batch}, inference_mode, channels_last, fp32": partial(
             sample, args.sample_batch
         ),
         "batch 64": partial(sample, 64),
@@ -255,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     sample_rates = median_rounds(sample_options, args.rounds)
     base = next(iter(sample_rates.values()))
     print(
-        "\n| sampling option (efficient, 28x28x1) | img*steps/s | vs default "
+        "\n| sampling option (efficient, 28x28x1) | img*steps/s | vs first row "
         "| s per 1,000 images: DDPM-1000 / DDIM-50 / 20 / 10 |"
     )
     print("|---|---:|---:|---|")

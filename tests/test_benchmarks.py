@@ -17,9 +17,12 @@ def load_script(name: str):
     return module
 
 
-def test_performance_suite_reports_every_figure(tmp_path):
+def test_performance_suite_reports_every_figure(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
-    report = load_script("benchmark").main(
+    bench = load_script("benchmark")
+    # the bf16 section runs where bf16 is the CPU default (AMX); here it runs on any CPU
+    monkeypatch.setattr(bench, "cpu_has_fast_bf16", lambda: True)
+    report = bench.main(
         ["--rounds", "1", "--batch", "4", "--seconds", "0", "--sample-batch", "4",
          "--shapes", "28x28x1", "--no-peers", "--json", str(out)]
     )  # fmt: skip
@@ -40,6 +43,14 @@ def test_performance_suite_reports_every_figure(tmp_path):
     assert report["keep_freed_memory"] is True  # Linux + glibc here
     assert report["data"]["pattern_generation_img_s"] > 0
     assert {"bf16 autocast", "Adam fused=True"} <= set(report["options"]["train"])
+    bf16 = report["bf16"]
+    for arch in ("basic", "efficient"):
+        (plain,), (fw,) = bf16["rounds"][f"{arch}|plain"], bf16["rounds"][f"{arch}|framework"]
+        assert bf16[arch]["framework_over_plain"] == pytest.approx(fw / plain)
+        assert bf16[arch]["over_fp32_framework"] == pytest.approx(
+            fw / rows[f"course {arch}"]["framework"]
+        )
+        assert 0 < bf16[arch]["matmul_fraction"] < 5
     assert any("no_grad" in k for k in report["options"]["sample"])
 
 

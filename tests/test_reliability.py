@@ -8,8 +8,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from diffusion_lab.cli import run_task
+from diffusion_lab.training import module as training_module
+from diffusion_lab.training import precision as training_precision
 from diffusion_lab.training.build import build_module, load_module
-from diffusion_lab.training.run import train
+from diffusion_lab.training.run import _chosen_for_this_cpu, train
 
 from .conftest import TINY_PATTERNS, compose_cfg, run_module
 
@@ -101,10 +103,14 @@ def test_same_seed_same_losses_and_samples(make_cfg, tmp_path):
     assert '"seed": 42' in (tmp_path / "a" / "run_info.json").read_text()
 
 
-def test_bf16_mixed_trains_on_cpu_and_samples_under_bf16_autocast(make_cfg):
+def test_bf16_mixed_trains_on_cpu_and_samples_under_bf16_autocast_where_bf16_is_fast(
+    make_cfg, monkeypatch
+):
     metrics = train(make_cfg("trainer.precision=bf16-mixed"))
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
-    for precision, expected in (("bf16-mixed", [True]), ("32", [False])):
+    cases = [("bf16-mixed", True, [True]), ("bf16-mixed", False, [False]), ("32", True, [False])]
+    for precision, fast_bf16, expected in cases:
+        monkeypatch.setattr(training_module, "cpu_has_fast_bf16", lambda fast=fast_bf16: fast)
         module = build_module(make_cfg(f"trainer.precision={precision}"))
         seen: list[bool] = []
         module.sampling_net.register_forward_pre_hook(
@@ -112,6 +118,23 @@ def test_bf16_mixed_trains_on_cpu_and_samples_under_bf16_autocast(make_cfg):
         )
         out = module.generate(2, sampler={"steps": 1})
         assert seen == expected and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_cpu_precision_defaults_to_bf16_mixed_only_where_the_cpu_has_amx(make_cfg, monkeypatch):
+    for fast, expected in ((True, "bf16-mixed"), (False, "32")):
+        monkeypatch.setattr(training_precision, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        cfg = make_cfg(tiny=False)
+        assert cfg.trainer.precision == expected == _chosen_for_this_cpu(cfg)
+        for override, pinned in (("trainer.precision=32", "32"), ("trainer=gpu", "16-mixed")):
+            cfg = make_cfg(override, tiny=False)
+            assert str(cfg.trainer.precision) == pinned and _chosen_for_this_cpu(cfg) is None
+        assert make_cfg("trainer=ddp_cpu", tiny=False).trainer.precision == expected
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads Linux's /proc/cpuinfo")
+def test_fast_bf16_probe_agrees_with_the_cpu_flags():
+    flags = {f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()}
+    assert training_precision.cpu_has_fast_bf16() == ({"amx_bf16", "avx512_bf16"} <= flags)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, capsys):

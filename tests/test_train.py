@@ -93,7 +93,7 @@ def test_model_summary_counts_the_nets_flops(make_cfg):
         assert flops == pytest.approx(forward_mflops(module.net) * 1e6)
 
 
-def test_lightnings_advert_and_internal_deprecation_are_dropped():
+def test_lightnings_advert_and_internal_warnings_are_dropped():
     # a handler on Lightning's own logger, at INFO: other tests (the benchmark's) quiet it
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     records: list[logging.LogRecord] = []
@@ -107,7 +107,13 @@ def test_lightnings_advert_and_internal_deprecation_are_dropped():
             warnings.simplefilter("always")
             quiet_lightning()
             _tree_flatten(torch.zeros(1))
-            pl.Trainer(logger=False, accelerator="cpu", enable_progress_bar=False)
+            trainer = pl.Trainer(
+                logger=False, accelerator="cpu", enable_progress_bar=False, precision="bf16-mixed"
+            )
+            module = pl.LightningModule()
+            module.layer = torch.nn.Linear(2, 2)
+            module.trainer = trainer  # as in fit(), where the summary reads the precision
+            assert ModelSummary(module).model_size > 0
     finally:
         rank_zero.removeHandler(handler)
         rank_zero.setLevel(level)
@@ -115,3 +121,4 @@ def test_lightnings_advert_and_internal_deprecation_are_dropped():
     assert any("GPU available" in m for m in messages)  # Lightning's own lines still come through
     assert not any("litlogger" in m for m in messages)
     assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    assert not [w for w in caught if "model summary" in str(w.message)]

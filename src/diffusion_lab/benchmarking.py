@@ -138,9 +138,11 @@ def _best_gflops(op: Callable[[], object], flops: float, windows: int, seconds: 
     return best
 
 
-def matmul_gflops(n: int = 2048, windows: int = 5, seconds: float = 0.5) -> float:
-    """fp32 matmul throughput of this machine (BLAS: MKL in the PyPI wheels)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(
+    n: int = 2048, windows: int = 5, seconds: float = 0.5, dtype: torch.dtype = torch.float32
+) -> float:
+    """Matmul throughput of this machine (fp32: MKL in the PyPI wheels; bf16: oneDNN, AMX)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return _best_gflops(lambda: a @ b, 2 * n**3, windows, seconds)
 
 
@@ -221,6 +223,7 @@ def framework_train_rate(
     seconds: float = 2.5,
     channels_last: bool = True,
     warmup: int = 1,
+    precision: str = "32",
 ) -> float:
     """The same work through DiffusionModule + Trainer + in-memory batches (+ EMA, bucket logging)."""
     module = DiffusionModule(
@@ -234,6 +237,7 @@ def framework_train_rate(
     window = _WallClockWindow(warmup, seconds)
     trainer = pl.Trainer(
         accelerator="cpu",
+        precision=precision,
         max_epochs=-1,
         logger=False,
         enable_checkpointing=False,

@@ -31,13 +31,18 @@ def _not_an_advert(record: logging.LogRecord) -> bool:
 
 
 def quiet_lightning() -> None:
-    """Drop two lines Lightning prints in every run that say nothing about the run: an advert
-    for its cloud logger and a deprecation warning raised inside its own code by torch's pytree."""
+    """Drop lines Lightning prints in every run that say nothing about the run: an advert for
+    its cloud logger, a deprecation warning raised inside its own code by torch's pytree, and,
+    in bf16-mixed runs, a warning that the model summary counts 32 bits per parameter (right:
+    mixed precision keeps the weights in float32)."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_not_an_advert)
     warnings.filterwarnings(
         "ignore",
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
+    )
+    warnings.filterwarnings(
+        "ignore", message=r"Precision bf16-mixed is not supported by the model summary"
     )
 
 
@@ -66,6 +71,13 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         return str(path)
     read_checkpoint(ckpt_path)  # a clear error for a missing or corrupt file, before any work
     return str(ckpt_path)
+
+
+def _chosen_for_this_cpu(cfg: DictConfig) -> str | None:
+    """trainer.precision when the config left it to ${cpu_precision:}, else None."""
+    if OmegaConf.to_container(cfg.trainer).get("precision") == "${cpu_precision:}":
+        return cfg.trainer.precision
+    return None
 
 
 def _instantiate_group(node: DictConfig | None, key: str) -> list[Any]:
@@ -109,6 +121,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if hasattr(lg, "log_hyperparams"):
                 lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         log.info("Run directory: %s", out)
+        if _chosen_for_this_cpu(cfg) == "bf16-mixed":
+            log.info(
+                "Precision:     bf16-mixed, the default on this CPU (it has AMX bf16 units); "
+                "trainer.precision=32 trains in float32"
+            )
         log.info("TensorBoard:   tensorboard --logdir %s", out / "tensorboard")
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -9,7 +9,7 @@ import torch
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX bf16 tile units (Intel Xeon 4th generation, Sapphire Rapids, and
     later), where oneDNN runs bf16 convolutions ~8x faster than fp32 and the course U-Nets train
-    2.6-4.4x faster under bf16 autocast (README, Performance). Elsewhere bf16 is converted in
+    2.1-3.6x faster in bf16-mixed (README, Benchmarks). Elsewhere bf16 is converted in
     software or gains little, and the same runs were 2.4-13x slower than fp32."""
     cpu = torch.cpu
     try:

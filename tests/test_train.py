@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from diffusion_lab.training.build import build_module, load_module
 from diffusion_lab.training.measure import forward_mflops
+from diffusion_lab.training.module import BucketMeans
 from diffusion_lab.training.run import quiet_lightning, sample, train
 
 from .conftest import compose_cfg
@@ -41,6 +42,8 @@ def test_train_leaves_a_complete_run_directory(make_cfg, tmp_path):
     assert {"train/loss_step", "val/loss", "val/loss_t0-249", "lr-Adam"} <= set(tags["scalars"])
     assert "samples" in tags["images"]
     assert len(events.Scalars("val/loss")) == 2  # one per epoch
+    # timestep buckets: one point per epoch for train and val
+    assert len(events.Scalars("train/loss_t0-249")) == len(events.Scalars("val/loss_t0-249")) == 2
 
 
 def test_cosine_schedule_decays_the_learning_rate_every_step(make_cfg, tmp_path):
@@ -83,6 +86,17 @@ def test_sample_from_checkpoint(make_cfg, tmp_path):
         16, labels=torch.arange(8).repeat_interleave(2), sampler={"steps": 4}, seed=0
     )
     assert torch.allclose(again, images)  # same seed, same samples
+
+
+def test_bucket_means_average_each_timestep_bucket_and_stay_out_of_checkpoints(make_cfg):
+    metric = BucketMeans([0, 250, 500, 750, 1000])
+    metric.update(torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0, 249, 250]))
+    metric.update(torch.tensor([7.0, 9.0]), torch.tensor([999, 251]))
+    means = metric.compute()
+    assert torch.equal(means[[0, 1, 3]], torch.tensor([2.0, 7.0, 7.0]))
+    assert torch.isnan(means[2])  # no timestep in 500-749
+    # the metric's state is not saved: checkpoints load with and without it
+    assert not [k for k in build_module(make_cfg()).state_dict() if "bucket" in k]
 
 
 def test_model_summary_counts_the_nets_flops(make_cfg):

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 
 from diffusion_lab.diffusion import GaussianDiffusion, sample
 from diffusion_lab.diffusion.gaussian import DenoiseFn
@@ -66,6 +66,31 @@ def bucket_edges(num_timesteps: int, buckets: int) -> list[int]:
     return [round(i * num_timesteps / buckets) for i in range(buckets + 1)]
 
 
+class BucketMeans(Metric):
+    """Mean loss per timestep bucket [edges[i], edges[i+1]) over an epoch: one update per step
+    and one log per epoch (a `self.log` per bucket and step cost ~1 ms each, 3% of a CPU step).
+    An empty bucket's mean is nan."""
+
+    full_state_update = False
+
+    def __init__(self, edges: list[int]) -> None:
+        super().__init__()
+        self.register_buffer("inner_edges", torch.tensor(edges[1:-1]), persistent=False)
+        n = len(edges) - 1
+        self.add_state("sums", torch.zeros(n), dist_reduce_fx="sum")
+        self.add_state("counts", torch.zeros(n), dist_reduce_fx="sum")
+
+    def update(self, losses: Tensor, t: Tensor) -> None:
+        bucket = torch.bucketize(t, self.inner_edges, right=True)
+        # one-hot sums rather than index_add_: deterministic on GPUs too
+        one_hot = (bucket[:, None] == torch.arange(len(self.sums), device=t.device)).float()
+        self.sums += losses.float() @ one_hot
+        self.counts += one_hot.sum(0)
+
+    def compute(self) -> Tensor:
+        return self.sums / self.counts
+
+
 class DiffusionModule(pl.LightningModule):
     def __init__(
         self,
@@ -104,11 +129,9 @@ class DiffusionModule(pl.LightningModule):
         self.inpaint_loss = inpaint_loss
         self.config = config  # the resolved run config, stored in every checkpoint
         self.edges = bucket_edges(diffusion.num_timesteps, timestep_buckets)
+        # keys are not "train"/"val": nn.Module has a train() method
         self.bucket_loss = nn.ModuleDict(
-            {
-                f"{stage}_buckets": nn.ModuleList(MeanMetric() for _ in range(timestep_buckets))
-                for stage in ("train", "val")
-            }
+            {f"{stage}_buckets": BucketMeans(self.edges) for stage in ("train", "val")}
         )
         self.ema = None
         if ema_decay is not None:
@@ -199,13 +222,31 @@ class DiffusionModule(pl.LightningModule):
             batch_size=len(x0),
             sync_dist=sync,
         )
-        # loss per timestep bucket as weighted means: no host sync, empty buckets are fine
-        for (lo, hi), metric in zip(
-            zip(self.edges[:-1], self.edges[1:]), self.bucket_loss[f"{stage}_buckets"]
-        ):
-            metric.update(losses.detach(), ((t >= lo) & (t < hi)).float())
-            self.log(f"{stage}/loss_t{lo}-{hi - 1}", metric, on_step=False, on_epoch=True)
+        self.bucket_loss[f"{stage}_buckets"].update(
+            losses.detach(), t
+        )  # no host sync; logged per epoch
         return loss
+
+    def _log_buckets(self, stage: str) -> None:
+        metric = self.bucket_loss[f"{stage}_buckets"]
+        if not metric.update_called:
+            return
+        means = metric.compute()  # summed over DDP ranks by torchmetrics
+        metric.reset()
+        # sync_dist: the values already agree across ranks; it keeps Lightning's DDP check quiet
+        self.log_dict(
+            {
+                f"{stage}/loss_t{lo}-{hi - 1}": m
+                for lo, hi, m in zip(self.edges, self.edges[1:], means)
+            },
+            sync_dist=True,
+        )
+
+    def on_train_epoch_end(self) -> None:
+        self._log_buckets("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_buckets("val")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train", self.net)

@@ -36,6 +36,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
             "diffusion.timestep_sampling='lognormal' is not one of",
         ),
         (["lr_scheduler=cosine"], "lr_scheduler.T_max=-1: a cosine schedule decays over"),
+        (["trainer.val_check_interval=50"], "trainer.val_check_interval=50 is more than the"),
     ],
 )
 def test_train_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):

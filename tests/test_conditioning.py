@@ -123,6 +123,13 @@ def test_every_experiment_composes_and_runs_a_fast_dev_run(
 ):
     probe = make_cfg(f"experiment={experiment}", tiny=False)
     target = probe.data._target_
+    # debug=fast's 2 batches run with every experiment (patterns_inpaint validates every 750)
+    assert (
+        make_cfg(f"experiment={experiment}", "debug=fast", tiny=False).trainer.get(
+            "val_check_interval"
+        )
+        is None
+    )
     roots = {
         "MNISTDataModule": mnist_root,
         "FashionMNISTDataModule": fashion_root,

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
-from diffusion_lab.errors import require
+from diffusion_lab.errors import UserError, require
 from diffusion_lab.training.build import (
     build_datamodule,
     build_module,
@@ -128,7 +128,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
         log.info("TensorBoard:   tensorboard --logdir %s", out / "tensorboard")
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except ValueError as e:
+        if "val_check_interval" not in str(e):
+            raise
+        raise UserError(
+            f"trainer.val_check_interval={cfg.trainer.val_check_interval} is more than the training "
+            f"batches in an epoch (trainer.limit_train_batches={cfg.trainer.limit_train_batches}, "
+            f"data.batch_size={cfg.data.batch_size}); lower it, or set "
+            "trainer.val_check_interval=null to validate at the end of each epoch"
+        ) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     ckpt_cb = trainer.checkpoint_callback

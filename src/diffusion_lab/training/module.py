@@ -222,9 +222,8 @@ class DiffusionModule(pl.LightningModule):
             batch_size=len(x0),
             sync_dist=sync,
         )
-        self.bucket_loss[f"{stage}_buckets"].update(
-            losses.detach(), t
-        )  # no host sync; logged per epoch
+        # loss per timestep bucket: no host sync here, logged once per epoch
+        self.bucket_loss[f"{stage}_buckets"].update(losses.detach(), t)
         return loss
 
     def _log_buckets(self, stage: str) -> None:

@@ -87,6 +87,17 @@ def median_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str,
     return {k: statistics.median(v) for k, v in interleaved_rounds(fns, rounds).items()}
 
 
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median of the per-round ratios: the two figures of a round were timed back to back, so
+    they share one drift of the host."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators))
+
+
+def matmul_fraction(mflops: float, rates: list[float], matmul: list[float]) -> float:
+    """Training GFLOP/s (3 x forward, MFLOPs x img/s / 1e3) over the same round's matmul."""
+    return median_ratio([3 * mflops * r / 1e3 for r in rates], matmul)
+
+
 def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> list[dict]:
     c, s = SHAPES[shape_name]
     images = images_for((c, s))
@@ -109,24 +120,14 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
     for name, make in nets.items():
         mflops = forward_mflops(make(), (c, s, s))
         plain, fw = rates[f"{name}|plain"], rates.get(f"{name}|framework")
-        # framework / plain per round (two windows back to back), then the median
-        ratio = (
-            statistics.median(
-                f / p for f, p in zip(rounds[f"{name}|framework"], rounds[f"{name}|plain"])
-            )
-            if fw
-            else None
-        )
+        ratio = median_ratio(rounds[f"{name}|framework"], rounds[f"{name}|plain"]) if fw else None
         measured = rounds[f"{name}|{'framework' if fw else 'plain'}"]
-        # training GFLOP/s (3 x forward, MFLOPs x img/s / 1e3) over the same round's matmul
-        matmul_fraction = statistics.median(
-            3 * mflops * r / 1e3 / m for r, m in zip(measured, rounds["matmul"])
-        )
+        fraction = matmul_fraction(mflops, measured, rounds["matmul"])
         rss = train_step_mib(kinds[name], c, s, args.batch)
         row = {
             "model": name, "shape": shape_name, "params": n_params(make()), "mflops": mflops,
             "plain": plain, "framework": fw, "framework_over_plain": ratio,
-            "matmul_fraction": matmul_fraction, "matmul_gflops_median": rates["matmul"],
+            "matmul_fraction": fraction, "matmul_gflops_median": rates["matmul"],
             "peak_fraction": 3 * mflops * 1e6 * (fw or plain) / (peak * 1e9),
             "sample_img_steps_per_s": sampling_rate(make, (c, s, s), args.sample_batch, steps=3),
             "train_step_mib": rss,
@@ -140,7 +141,7 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
         print(
             f"| {name} | {shape_name} | {row['params']:,} | {mflops:.0f} | {plain:.1f} | "
             + (f"{fw:.1f} | {ratio:.3f} | " if fw else "- | - | ")
-            + f"{100 * matmul_fraction:.0f}% | {100 * row['peak_fraction']:.0f}% | "
+            + f"{100 * fraction:.0f}% | {100 * row['peak_fraction']:.0f}% | "
             + f"{row['sample_img_steps_per_s']:.0f} | "
             + ("- |" if rss is None else f"{rss:.0f} |"),
             flush=True,
@@ -185,10 +186,8 @@ def measure_bf16(args: argparse.Namespace, fp32_rows: list[dict]) -> dict:
         row = {
             "plain": statistics.median(plain),
             "framework": statistics.median(fw),
-            "framework_over_plain": statistics.median(f / p for f, p in zip(fw, plain)),
-            "matmul_fraction": statistics.median(
-                3 * mflops * f / 1e3 / m for f, m in zip(fw, rounds["matmul"])
-            ),
+            "framework_over_plain": median_ratio(fw, plain),
+            "matmul_fraction": matmul_fraction(mflops, fw, rounds["matmul"]),
         }
         fp32_fw = fp32.get(f"course {arch}", {}).get("framework")
         row["over_fp32_framework"] = row["framework"] / fp32_fw if fp32_fw else None

@@ -23,6 +23,10 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+# conf/trainer/cpu.yaml: `precision: ${cpu_precision:}` (registered in training.build)
+RESOLVER = "cpu_precision"
+
+
 def default_cpu_precision() -> str:
-    """`${cpu_precision:}` in conf/trainer/cpu.yaml: bf16-mixed where it is fast, else 32."""
+    """What `${cpu_precision:}` resolves to: bf16-mixed where it is fast, else 32."""
     return "bf16-mixed" if cpu_has_fast_bf16() else "32"

@@ -22,6 +22,7 @@ from diffusion_lab.training.build import (
 )
 from diffusion_lab.training.callbacks import SampleGrid, Throughput, write_json
 from diffusion_lab.training.measure import forward_mflops
+from diffusion_lab.training.precision import RESOLVER
 
 log = logging.getLogger("diffusion_lab")
 
@@ -75,7 +76,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 def _chosen_for_this_cpu(cfg: DictConfig) -> str | None:
     """trainer.precision when the config left it to ${cpu_precision:}, else None."""
-    if OmegaConf.to_container(cfg.trainer).get("precision") == "${cpu_precision:}":
+    if OmegaConf.to_container(cfg.trainer).get("precision") == f"${{{RESOLVER}:}}":
         return cfg.trainer.precision
     return None
 

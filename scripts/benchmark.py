@@ -32,8 +32,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-
-from diffusion_lab.benchmarking import (
+from benchmarking import (
     COURSE_UNETS,
     PEERS,
     build_unet,
@@ -47,11 +46,12 @@ from diffusion_lab.benchmarking import (
     sampling_rate,
     train_step_mib,
 )
+
 from diffusion_lab.data.loader import TensorBatches
 from diffusion_lab.data.patterns import generate_patterns
+from diffusion_lab.hardware import cpu_has_fast_bf16
 from diffusion_lab.host_memory import keep_freed_memory
 from diffusion_lab.training.measure import forward_mflops
-from diffusion_lab.training.precision import cpu_has_fast_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"28x28x1": (1, 28), "32x32x3": (3, 32)}

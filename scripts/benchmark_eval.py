@@ -29,12 +29,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from torchvision.utils import save_image
 
+from diffusion_lab.app.build import load_module
+from diffusion_lab.app.evaluate import generate, load_data
+from diffusion_lab.app.train import train
 from diffusion_lab.data.loader import to_model_range
-from diffusion_lab.evaluation.classifier import accuracy
-from diffusion_lab.evaluation.fid import DatasetFeatures, FeatureDistance
-from diffusion_lab.evaluation.run import feature_classifier, generate, load_data
-from diffusion_lab.training.build import load_module
-from diffusion_lab.training.run import train
+from diffusion_lab.metrics.classifier import accuracy, feature_classifier
+from diffusion_lab.metrics.fid import DatasetFeatures, FeatureDistance
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -166,7 +166,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     if not args.skip_clip:
-        from diffusion_lab.evaluation.domain_clip import train_domain_clip
+        from diffusion_lab.metrics.domain_clip import train_domain_clip
 
         ccfg = compose_cfg("evaluate", ["clip=domain_patterns"], out).clip
         t = OmegaConf.to_container(ccfg.train, resolve=True)

@@ -19,10 +19,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from diffusion_lab.app.build import build_datamodule, load_module
+from diffusion_lab.app.train import train
 from diffusion_lab.data.loader import to_model_range
-from diffusion_lab.evaluation.classifier import accuracy, train_classifier
-from diffusion_lab.training.build import build_datamodule, load_module
-from diffusion_lab.training.run import train
+from diffusion_lab.metrics.classifier import accuracy, train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"

@@ -28,13 +28,13 @@ from omegaconf import open_dict
 from scipy import ndimage
 from torchvision.utils import save_image
 
+from diffusion_lab.app.build import load_module
+from diffusion_lab.app.train import train
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.data.masks import masks_of_kind
 from diffusion_lab.data.patterns import FAMILIES, generate_patterns_with_info
-from diffusion_lab.evaluation.inpainting import masked_pixel_correct
-from diffusion_lab.training.build import load_module
-from diffusion_lab.training.inpaint import mask_as_image, masked_input, panel_rows
-from diffusion_lab.training.run import train
+from diffusion_lab.metrics.inpainting import masked_pixel_correct
+from diffusion_lab.training.inpaint_callback import mask_as_image, masked_input, panel_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("center_box", "random_boxes", "vertical_stripe", "horizontal_stripe", "scattered", "half")

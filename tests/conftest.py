@@ -41,7 +41,7 @@ TINY_TRAINER = {
     "data.image_size": 16,
 }
 TINY_MODELS = {
-    "CourseUNet": {"channels": [8, 16], "time_dim": 16},
+    "SimpleUNet": {"channels": [8, 16], "time_dim": 16},
     "GeluUNet": {"channels": [8, 16], "groups": 4, "time_dim": 16},
     "AttnUNet": {"base": 8, "mults": [1, 2], "attn_resolutions": [8], "heads": 2, "groups": 4},
 }

@@ -4,9 +4,9 @@ import subprocess
 
 import pytest
 
-from diffusion_lab.cli import check_overrides, run_task
+from diffusion_lab.app.hydra_entry import check_overrides, run_task
+from diffusion_lab.app.train import sample, train
 from diffusion_lab.errors import UserError
-from diffusion_lab.training.run import sample, train
 
 from .conftest import compose_cfg, run_module
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_lab.cli import _record_failure
+from diffusion_lab.app.hydra_entry import _record_failure
 from diffusion_lab.compare import main as compare_main
-from diffusion_lab.viz.report import compare
+from diffusion_lab.figures.report import compare
 
 from .conftest import TINY_PATTERNS, compose_cfg, run_module
 

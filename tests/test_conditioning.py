@@ -6,12 +6,12 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from diffusion_lab.app.build import build_module
+from diffusion_lab.app.train import train
 from diffusion_lab.diffusion import sample
 from diffusion_lab.diffusion.guidance import bind
 from diffusion_lab.errors import UserError
 from diffusion_lab.models import Cond
-from diffusion_lab.training.build import build_module
-from diffusion_lab.training.run import train
 
 from .conftest import CONF
 

@@ -2,13 +2,13 @@
 
 import pytest
 
+from diffusion_lab.app.train import train
 from diffusion_lab.data.datamodules import MNISTDataModule, thickness_attribute
 from diffusion_lab.errors import UserError
-from diffusion_lab.training.run import train
 
 
 def test_patterns_datamodule_batches(make_cfg):
-    from diffusion_lab.training.build import build_datamodule
+    from diffusion_lab.app.build import build_datamodule
 
     cfg = make_cfg()
     dm = build_datamodule(cfg)

@@ -8,25 +8,25 @@ import time
 import pytest
 import torch
 
+from diffusion_lab.app.build import build_module
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.data.patterns import generate_patterns, generate_patterns_with_info
 from diffusion_lab.errors import UserError
-from diffusion_lab.evaluation.classifier import SmallClassifier, accuracy, train_classifier
-from diffusion_lab.evaluation.clip_score import (
+from diffusion_lab.metrics.classifier import SmallClassifier, accuracy, train_classifier
+from diffusion_lab.metrics.clip_score import (
     ClipScorer,
     clip_guided_generate,
     load_clip,
     to_clip_input,
     top_k_per_class,
 )
-from diffusion_lab.evaluation.fid import (
+from diffusion_lab.metrics.fid import (
     INCEPTION_FILE,
     DatasetFeatures,
     FeatureDistance,
     InceptionFeatures,
     inception_weights,
 )
-from diffusion_lab.training.build import build_module
 
 from .conftest import SHARED
 
@@ -122,7 +122,7 @@ def test_missing_pretrained_tag_offline_is_a_clear_error_within_seconds(tmp_path
 
 
 def test_clip_weights_file_and_local_dir_load(tmp_path, tiny_clip):
-    from diffusion_lab.evaluation.domain_clip import save_local_dir
+    from diffusion_lab.metrics.domain_clip import save_local_dir
 
     weights = tmp_path / "w.bin"
     torch.save(tiny_clip.model.state_dict(), weights)
@@ -241,7 +241,7 @@ def test_feature_classifier_is_deterministic_and_leaves_global_rng_alone():
 
 # ---- patterns: captions for the domain CLIP ----------------------------------------------------
 def test_pattern_info_matches_the_images_and_captions_say_it():
-    from diffusion_lab.evaluation.domain_clip import caption, family_captions
+    from diffusion_lab.metrics.domain_clip import caption, family_captions
 
     images, labels, scale, info = generate_patterns_with_info(400, 32, seed=3)
     assert torch.equal(images, generate_patterns(400, 32, seed=3)[0])  # same images
@@ -260,7 +260,7 @@ def test_pattern_info_matches_the_images_and_captions_say_it():
 
 
 def test_domain_clip_trains_saves_and_loads(tmp_path):
-    from diffusion_lab.evaluation.domain_clip import train_domain_clip
+    from diffusion_lab.metrics.domain_clip import train_domain_clip
 
     arch = {**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "image_size": 16}}
     metrics = train_domain_clip(

@@ -11,9 +11,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from diffusion_lab.cli import run_task
-from diffusion_lab.evaluation.run import evaluate, run
-from diffusion_lab.training.run import train
+from diffusion_lab.app.evaluate import evaluate, run
+from diffusion_lab.app.hydra_entry import run_task
+from diffusion_lab.app.train import train
 
 from .conftest import ROOT, compose_cfg
 

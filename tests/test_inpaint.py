@@ -8,18 +8,18 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from diffusion_lab.app.build import build_module
+from diffusion_lab.app.train import sample, train
 from diffusion_lab.data.masks import masks_of_kind
 from diffusion_lab.diffusion import GaussianDiffusion, linear_betas
 from diffusion_lab.diffusion.repaint import repaint_sample, repaint_schedule
 from diffusion_lab.errors import UserError
-from diffusion_lab.evaluation.inpainting import (
+from diffusion_lab.metrics.inpainting import (
     PALETTE,
     masked_mse_psnr,
     masked_pixel_accuracy,
 )
 from diffusion_lab.models import Cond
-from diffusion_lab.training.build import build_module
-from diffusion_lab.training.run import sample, train
 
 from .conftest import compose_cfg
 
@@ -153,7 +153,7 @@ def test_unconditional_model_inpaints_with_repaint(tmp_path):
 
 
 def test_data_attaches_fixed_masks_only_when_asked(tmp_path):
-    from diffusion_lab.training.build import build_datamodule
+    from diffusion_lab.app.build import build_datamodule
 
     dm = build_datamodule(_inpaint_cfg(tmp_path))
     dm.setup()

@@ -7,11 +7,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from diffusion_lab.cli import run_task
+from diffusion_lab.app.build import build_module, load_module
+from diffusion_lab.app.hydra_entry import run_task
+from diffusion_lab.app.train import _chosen_for_this_cpu, train
 from diffusion_lab.training import module as training_module
 from diffusion_lab.training import precision as training_precision
-from diffusion_lab.training.build import build_module, load_module
-from diffusion_lab.training.run import _chosen_for_this_cpu, train
 
 from .conftest import TINY_PATTERNS, compose_cfg, run_module
 

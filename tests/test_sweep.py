@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from diffusion_lab.cli import run_task
+from diffusion_lab.app.hydra_entry import run_task
 from diffusion_lab.errors import UserError
 
 from .conftest import CONF, ROOT, TINY_PATTERNS, run_module

@@ -11,10 +11,10 @@ from pytorch_lightning.utilities._pytree import _tree_flatten
 from pytorch_lightning.utilities.model_summary import ModelSummary
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from diffusion_lab.training.build import build_module, load_module
+from diffusion_lab.app.build import build_module, load_module
+from diffusion_lab.app.train import quiet_lightning, sample, train
 from diffusion_lab.training.measure import forward_mflops
 from diffusion_lab.training.module import BucketMeans
-from diffusion_lab.training.run import quiet_lightning, sample, train
 
 from .conftest import compose_cfg
 

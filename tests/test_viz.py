@@ -7,10 +7,11 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from diffusion_lab.app.build import build_module, load_module
+from diffusion_lab.app.train import train
+from diffusion_lab.app.viz import main as viz_main
 from diffusion_lab.data.patterns import generate_patterns
-from diffusion_lab.training.build import build_module, load_module
-from diffusion_lab.training.run import train
-from diffusion_lab.viz import (
+from diffusion_lab.figures import (
     denoising_progression_figure,
     forward_process_figure,
     pick_images,
@@ -18,8 +19,7 @@ from diffusion_lab.viz import (
     time_embedding_figure,
     triplets_figure,
 )
-from diffusion_lab.viz.cli import main as viz_main
-from diffusion_lab.viz.figures import (
+from diffusion_lab.figures.plots import (
     CELL,
     HEADER,
     LABEL,
@@ -81,7 +81,7 @@ def test_time_embedding_figure(tmp_path):
 def test_progression_and_triplets_from_a_model(images, tmp_path):
     module = build_module(compose_cfg(tmp_path, ["schedule.timesteps=50"], tiny=True))
     x, labels = images
-    assert sinusoidal_dim(module.net) == 16  # the tiny CourseUNet's time_dim
+    assert sinusoidal_dim(module.net) == 16  # the tiny SimpleUNet's time_dim
 
     frames = progression_frames(module, n=2, columns=10, labels=labels[:2], sampler={"steps": 5})
     assert [t for t, _ in frames] == [49, 37, 24, 12, 0]  # fewer DDIM steps than columns

@@ -1,16 +1,6 @@
-"""python -m diffusion_lab.evaluate ckpt_path=... metrics=[fid,kid,clip,accuracy]: eval.json,
-eval.md and TensorBoard hparams in the run directory; task=train_clip / task=clip_guide."""
+"""`python -m diffusion_lab.evaluate`: the command lives in diffusion_lab.app.evaluate."""
 
-from omegaconf import DictConfig
-
-from diffusion_lab.cli import hydra_entry, run_task
-from diffusion_lab.evaluation.run import run
-
-
-@hydra_entry("evaluate")
-def main(cfg: DictConfig) -> float | None:
-    return run_task(run, cfg)
-
+from diffusion_lab.app.evaluate import main
 
 if __name__ == "__main__":
     main()

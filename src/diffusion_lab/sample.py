@@ -1,15 +1,6 @@
-"""python -m diffusion_lab.sample ckpt_path=... n=64: a PNG grid and a tensor file."""
+"""`python -m diffusion_lab.sample`: the command lives in diffusion_lab.app.sample."""
 
-from omegaconf import DictConfig
-
-from diffusion_lab.cli import hydra_entry, run_task
-from diffusion_lab.training.run import sample
-
-
-@hydra_entry("sample")
-def main(cfg: DictConfig) -> float | None:
-    return run_task(sample, cfg)
-
+from diffusion_lab.app.sample import main
 
 if __name__ == "__main__":
     main()

@@ -1,15 +1,6 @@
-"""python -m diffusion_lab.train [overrides]: train a diffusion model from conf/train.yaml."""
+"""`python -m diffusion_lab.train`: the command lives in diffusion_lab.app.train."""
 
-from omegaconf import DictConfig
-
-from diffusion_lab.cli import hydra_entry, run_task
-from diffusion_lab.training.run import train
-
-
-@hydra_entry("train")
-def main(cfg: DictConfig) -> float | None:
-    return run_task(train, cfg)
-
+from diffusion_lab.app.train import main
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 
 from diffusion_lab.models.attn_unet import AttnUNet
 from diffusion_lab.models.conditioning import Cond, CondEmbedding
-from diffusion_lab.models.course_unet import CourseUNet
 from diffusion_lab.models.gelu_unet import GeluUNet
+from diffusion_lab.models.simple_unet import SimpleUNet
 
-__all__ = ["AttnUNet", "Cond", "CondEmbedding", "CourseUNet", "GeluUNet"]
+__all__ = ["AttnUNet", "Cond", "CondEmbedding", "SimpleUNet", "GeluUNet"]

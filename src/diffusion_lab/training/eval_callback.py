@@ -52,8 +52,8 @@ class EvaluateSamples(pl.Callback):
         self.history: list[dict[str, Any]] = []
 
     def _setup(self, trainer: pl.Trainer, module) -> None:
-        from diffusion_lab.evaluation.fid import DatasetFeatures, FeatureDistance
-        from diffusion_lab.evaluation.run import feature_classifier
+        from diffusion_lab.metrics.classifier import feature_classifier
+        from diffusion_lab.metrics.fid import DatasetFeatures, FeatureDistance
 
         dm = trainer.datamodule
         require(
@@ -77,7 +77,7 @@ class EvaluateSamples(pl.Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer: pl.Trainer, module) -> dict[str, float]:
-        from diffusion_lab.evaluation.classifier import accuracy
+        from diffusion_lab.metrics.classifier import accuracy
 
         if self._classifier is None:
             self._setup(trainer, module)

@@ -40,7 +40,7 @@ class AnalysisFigures(pl.Callback):
     def _log(self, trainer: pl.Trainer, tag: str, fig, name: str) -> None:
         from PIL import Image
 
-        from diffusion_lab.viz.figures import render
+        from diffusion_lab.figures.plots import render
 
         image = render(fig, self.dpi)
         tb = tensorboard(trainer)
@@ -51,7 +51,7 @@ class AnalysisFigures(pl.Callback):
             Image.fromarray(image).save(self.output_dir / f"{name}.png")
 
     def _data(self, trainer: pl.Trainer) -> bool:
-        from diffusion_lab.viz.figures import pick_images
+        from diffusion_lab.figures.plots import pick_images
 
         dm = trainer.datamodule
         split = getattr(dm, "val_data", None) or getattr(dm, "train_data", None)
@@ -62,7 +62,7 @@ class AnalysisFigures(pl.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, module) -> None:
-        from diffusion_lab.viz.figures import (
+        from diffusion_lab.figures.plots import (
             forward_process_figure,
             schedules_for,
             sinusoidal_dim,
@@ -86,7 +86,7 @@ class AnalysisFigures(pl.Callback):
 
     @rank_zero_only
     def _model_figures(self, trainer: pl.Trainer, module, label: str) -> None:
-        from diffusion_lab.viz.figures import denoising_progression_figure, triplets_figure
+        from diffusion_lab.figures.plots import denoising_progression_figure, triplets_figure
 
         if self._images is None or trainer.global_step == self._last_step:
             return

@@ -18,9 +18,9 @@ from diffusion_lab.diffusion.gaussian import DenoiseFn
 from diffusion_lab.diffusion.guidance import bind, classifier_free, keep_known
 from diffusion_lab.diffusion.repaint import repaint_sample
 from diffusion_lab.errors import UserError, require
+from diffusion_lab.hardware import cpu_has_fast_bf16
 from diffusion_lab.models import Cond
 from diffusion_lab.training.measure import one_image_input
-from diffusion_lab.training.precision import cpu_has_fast_bf16
 
 
 def ema_with_warmup(decay: float) -> Callable:

@@ -1,8 +1,8 @@
-"""What `python -m diffusion_lab.evaluate` does, as plain functions of a config.
+"""`python -m diffusion_lab.evaluate`: score a checkpoint's samples.
 
 task=evaluate   (default) sample from a checkpoint and compute metrics=[fid,kid,clip,accuracy];
                 eval.json + eval.md in the run directory, TensorBoard hparams.
-task=train_clip train the pattern-set domain CLIP (evaluation/domain_clip.py).
+task=train_clip train the pattern-set domain CLIP (metrics/domain_clip.py).
 task=clip_guide sample with and without CLIP guidance towards a prompt; grid + scores.
 """
 
@@ -16,11 +16,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.utils import save_image
 
+from diffusion_lab.app.build import build_datamodule, load_module
+from diffusion_lab.app.hydra_entry import hydra_entry, run_task
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.errors import require
-from diffusion_lab.evaluation import EVAL_SCALARS
-from diffusion_lab.evaluation.classifier import SmallClassifier, accuracy, train_classifier
-from diffusion_lab.evaluation.clip_score import (
+from diffusion_lab.hardware import pick_device
+from diffusion_lab.metrics import EVAL_SCALARS
+from diffusion_lab.metrics.classifier import SmallClassifier, accuracy, feature_classifier
+from diffusion_lab.metrics.clip_score import (
     ClipScorer,
     ClipScores,
     clip_guided_generate,
@@ -28,13 +31,12 @@ from diffusion_lab.evaluation.clip_score import (
     load_clip_from_config,
     top_k_per_class,
 )
-from diffusion_lab.evaluation.fid import (
+from diffusion_lab.metrics.fid import (
     DatasetFeatures,
     FeatureDistance,
     InceptionFeatures,
     inception_weights,
 )
-from diffusion_lab.training.build import build_datamodule, load_module
 from diffusion_lab.training.callbacks import write_json
 
 log = logging.getLogger("diffusion_lab")
@@ -58,12 +60,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def dataset_key(train_cfg: DictConfig) -> str:
     cls = str(train_cfg.data._target_).rsplit(".", 1)[-1]
     return DATASET_KEYS.get(cls, cls.lower())
@@ -100,58 +96,6 @@ def generate(
         m = min(batch_size, n - i)
         out.append(module.generate(m, labels=lab, sampler=sampler, seed=seed + b).cpu())
     return torch.cat(out), time.perf_counter() - t0
-
-
-def feature_classifier(
-    cache_dir: Path, dm, settings: dict[str, Any], device: torch.device, data_id: str = ""
-) -> tuple[SmallClassifier, dict[str, Any]]:
-    """The dataset's SmallClassifier: loaded from cache_dir/eval/ when trained with the same
-    settings on the same data, else trained on dm's training data (and cached); with its
-    accuracy on dm's validation images. settings: train_size, epochs, batch_size, lr, seed."""
-    meta = {
-        "data": data_id or type(dm).__name__,
-        "channels": int(dm.channels),
-        "image_size": int(dm.image_size),
-        "num_classes": int(dm.num_classes),
-        "train_size": settings.get("train_size"),
-        "epochs": int(settings.get("epochs", 3)),
-        "batch_size": int(settings.get("batch_size", 128)),
-        "lr": float(settings.get("lr", 1e-3)),
-        "seed": int(settings.get("seed", 0)),
-    }
-    path = Path(cache_dir) / "eval" / "feature_classifier.pt"
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved.get("meta") == meta:
-            model = SmallClassifier(meta["channels"], meta["image_size"], meta["num_classes"])
-            model.load_state_dict(saved["state_dict"])
-            log.info("Feature classifier: cached %s", path)
-            return model.to(device).eval(), saved["info"]
-    train = dm.train_data
-    n = len(train["image"])
-    if meta["train_size"] is not None:
-        n = min(int(meta["train_size"]), n)
-    log.info("Training the feature classifier on %d training images (%d epochs)", n, meta["epochs"])
-    t0 = time.perf_counter()
-    model = train_classifier(
-        to_model_range(train["image"][:n]).to(device),
-        train["label"][:n].to(device),
-        meta["num_classes"],
-        epochs=meta["epochs"],
-        batch_size=meta["batch_size"],
-        lr=meta["lr"],
-        seed=meta["seed"],
-    )
-    val = dm.val_data
-    info = {
-        "train_images": n,
-        "train_seconds": round(time.perf_counter() - t0, 1),
-        "val_accuracy": accuracy(model, to_model_range(val["image"]).to(device), val["label"]),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"meta": meta, "info": info, "state_dict": model.state_dict()}, path)
-    log.info("Feature classifier: val accuracy %.4f, cached in %s", info["val_accuracy"], path)
-    return model, info
 
 
 def feature_network(
@@ -464,7 +408,7 @@ def clip_metrics(
 
 def train_clip(cfg: DictConfig) -> dict[str, Any]:
     """Train the pattern-set domain CLIP into clip.train.output_dir."""
-    from diffusion_lab.evaluation.domain_clip import train_domain_clip
+    from diffusion_lab.metrics.domain_clip import train_domain_clip
 
     ccfg = cfg.clip
     require(
@@ -544,3 +488,8 @@ def clip_guide(cfg: DictConfig) -> dict[str, Any]:
         png,
     )
     return result
+
+
+@hydra_entry("evaluate")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(run, cfg)

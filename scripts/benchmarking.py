@@ -23,7 +23,7 @@ from torch import nn
 from diffusion_lab.data.loader import TensorBatches, to_model_range
 from diffusion_lab.diffusion import GaussianDiffusion, ddim_sample, linear_betas
 from diffusion_lab.host_memory import keep_freed_memory
-from diffusion_lab.models import CourseUNet
+from diffusion_lab.models import SimpleUNet
 from diffusion_lab.training.module import DiffusionModule
 
 COURSE_UNETS = {
@@ -33,7 +33,7 @@ COURSE_UNETS = {
 
 
 def course_unet(arch: str, channels: int, size: int) -> nn.Module:
-    return CourseUNet(channels, size, **COURSE_UNETS[arch])
+    return SimpleUNet(channels, size, **COURSE_UNETS[arch])
 
 
 class PeerWrapper(nn.Module):
@@ -113,7 +113,7 @@ def train_step_mib(kind: str, channels: int, size: int, batch: int) -> float | N
     fresh process, because one that has trained before keeps freed memory resident and would
     show the step as free. None where /proc does not say (not Linux)."""
     code = (
-        "import json; from diffusion_lab.benchmarking import _step_memory; "
+        "import json; from benchmarking import _step_memory; "
         f"print(json.dumps(_step_memory({kind!r}, {channels}, {size}, {batch})))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

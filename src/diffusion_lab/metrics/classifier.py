@@ -5,13 +5,20 @@ Fast on a CPU by design (strided convs, ~0.1M parameters): 10k MNIST images x 3 
 seconds to tens of seconds on 2 cores. Images are float in [-1, 1], [N, C, H, W], any size >= 8.
 """
 
+import logging
 import math
+import time
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.errors import require
+
+log = logging.getLogger("diffusion_lab")
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -155,3 +162,55 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     """Fraction of images whose predicted class equals the label."""
     require(len(images) == len(labels) > 0, "accuracy needs as many labels as images (> 0)")
     return float((predict(model, images, batch_size) == labels.cpu().long()).float().mean())
+
+
+def feature_classifier(
+    cache_dir: Path, dm, settings: dict[str, Any], device: torch.device, data_id: str = ""
+) -> tuple[SmallClassifier, dict[str, Any]]:
+    """The dataset's SmallClassifier: loaded from cache_dir/eval/ when trained with the same
+    settings on the same data, else trained on dm's training data (and cached); with its
+    accuracy on dm's validation images. settings: train_size, epochs, batch_size, lr, seed."""
+    meta = {
+        "data": data_id or type(dm).__name__,
+        "channels": int(dm.channels),
+        "image_size": int(dm.image_size),
+        "num_classes": int(dm.num_classes),
+        "train_size": settings.get("train_size"),
+        "epochs": int(settings.get("epochs", 3)),
+        "batch_size": int(settings.get("batch_size", 128)),
+        "lr": float(settings.get("lr", 1e-3)),
+        "seed": int(settings.get("seed", 0)),
+    }
+    path = Path(cache_dir) / "eval" / "feature_classifier.pt"
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("meta") == meta:
+            model = SmallClassifier(meta["channels"], meta["image_size"], meta["num_classes"])
+            model.load_state_dict(saved["state_dict"])
+            log.info("Feature classifier: cached %s", path)
+            return model.to(device).eval(), saved["info"]
+    train = dm.train_data
+    n = len(train["image"])
+    if meta["train_size"] is not None:
+        n = min(int(meta["train_size"]), n)
+    log.info("Training the feature classifier on %d training images (%d epochs)", n, meta["epochs"])
+    t0 = time.perf_counter()
+    model = train_classifier(
+        to_model_range(train["image"][:n]).to(device),
+        train["label"][:n].to(device),
+        meta["num_classes"],
+        epochs=meta["epochs"],
+        batch_size=meta["batch_size"],
+        lr=meta["lr"],
+        seed=meta["seed"],
+    )
+    val = dm.val_data
+    info = {
+        "train_images": n,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "val_accuracy": accuracy(model, to_model_range(val["image"]).to(device), val["label"]),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"meta": meta, "info": info, "state_dict": model.state_dict()}, path)
+    log.info("Feature classifier: val accuracy %.4f, cached in %s", info["val_accuracy"], path)
+    return model, info

@@ -32,7 +32,7 @@ from diffusion_lab.data.patterns import (
     generate_patterns_with_info,
 )
 from diffusion_lab.errors import require
-from diffusion_lab.evaluation.clip_score import (
+from diffusion_lab.metrics.clip_score import (
     Clip,
     ClipScorer,
     _quiet,

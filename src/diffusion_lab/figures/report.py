@@ -20,7 +20,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from diffusion_lab.errors import require
-from diffusion_lab.evaluation import EVAL_SCALARS
+from diffusion_lab.metrics import EVAL_SCALARS
 
 BUCKET = re.compile(r"^(train|val)/loss_t(\d+)-(\d+)$")
 STANDARD_KEYS = {

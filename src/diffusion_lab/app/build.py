@@ -12,9 +12,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from diffusion_lab.diffusion import GaussianDiffusion, make_betas
 from diffusion_lab.errors import UserError, require
 from diffusion_lab.training.module import DiffusionModule
-from diffusion_lab.training.precision import RESOLVER, default_cpu_precision
-
-OmegaConf.register_new_resolver(RESOLVER, default_cpu_precision, replace=True)
 
 
 def instantiate(node: Any, key: str, **kwargs: Any) -> Any:

@@ -1,9 +1,6 @@
-"""Figures (matplotlib, torchvision grids): analysis figures and the comparison report's plots.
+"""Figures (matplotlib, torchvision grids): the analysis figures and the comparison report."""
 
-Command line: `python -m diffusion_lab.viz {forward,embedding,progression,triplets} ...`.
-"""
-
-from diffusion_lab.viz.figures import (
+from diffusion_lab.figures.plots import (
     denoising_progression_figure,
     forward_process_figure,
     pick_images,

@@ -1,4 +1,5 @@
-"""Shared wrapper for the @hydra.main entry points: user errors become one line and exit 2."""
+"""The @hydra.main wrapper every command uses: configs from the package, resolvers registered,
+the command line checked first, user errors as one line and exit 2."""
 
 import difflib
 import functools
@@ -14,12 +15,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from diffusion_lab.app.config import CONFIG_MODULE, CONFIG_PATH, config_groups, register_resolvers
 from diffusion_lab.errors import UserError
 from diffusion_lab.host_memory import keep_freed_memory
 
 log = logging.getLogger("diffusion_lab")
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Hydra's own flags (--cfg job, -cn NAME, --help, ...) change what is composed: Hydra checks those
 _CHECKED_FLAGS = {"-m", "--multirun"}
 
@@ -39,9 +40,7 @@ def _config_error(error: Exception, override: str) -> str:
         prefix = full_key[: -len(key)]
         known = [str(k) for k in parent.keys() if k != "hydra"]
         if not prefix:  # a config group left empty by default (sampler, debug) is no key yet
-            known += sorted(
-                d.name for d in CONF_DIR.iterdir() if d.is_dir() and d.name not in [*known, "hydra"]
-            )
+            known += [g for g in config_groups() if g not in [*known, "hydra"]]
         close = difflib.get_close_matches(key, known, n=1)
         where = f"keys of {prefix[:-1]}" if prefix else "top-level keys"
         hint = f"did you mean {prefix}{close[0]}?" if close else f"{where}: {', '.join(known)}"
@@ -56,9 +55,9 @@ def check_overrides(config_name: str, args: list[str]) -> None:
 
     A choice sweep over a config group (`model=a,b`) is checked choice by choice, one over a value
     (`seed=1,2`) by its first value; range, interval and glob sweeps are left to the sweeper."""
-    if not CONF_DIR.is_dir() or any(a.startswith("-") and a not in _CHECKED_FLAGS for a in args):
+    if any(a.startswith("-") and a not in _CHECKED_FLAGS for a in args):
         return
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ValueType
     from hydra.errors import HydraException
@@ -77,13 +76,14 @@ def check_overrides(config_name: str, args: list[str]) -> None:
         elif override.value_type != ValueType.GLOB_CHOICE_SWEEP and override.is_choice_sweep():
             first, *others = override.sweep_string_iterator()
             key = override.get_key_element()
-            if (CONF_DIR / override.key_or_group).is_dir():  # each choice is its own file
+            if override.key_or_group in config_groups():  # each choice is its own file
                 sweeps.append((len(fixed), [f"{key}={v}" for v in others]))
             fixed.append(f"{key}={first}")
     variants = [(fixed, None)] + [
         (fixed[:i] + [alt] + fixed[i + 1 :], alt) for i, alts in sweeps for alt in alts
     ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    register_resolvers()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         for overrides, swept in variants:
             try:
                 compose(config_name=config_name, overrides=overrides)
@@ -93,16 +93,17 @@ def check_overrides(config_name: str, args: list[str]) -> None:
 
 
 def hydra_entry(config_name: str) -> Callable[[Callable], Callable]:
-    """@hydra.main on conf/<config_name>.yaml, with the command line checked first: config
-    typos become one `error:` line and exit code 2 before Hydra starts."""
+    """@hydra.main on the package's conf/<config_name>.yaml, with the command line checked
+    first: config typos become one `error:` line and exit code 2 before Hydra starts."""
 
     def decorate(task_function: Callable) -> Callable:
         hydra_main = hydra.main(
-            version_base="1.3", config_path=str(CONF_DIR), config_name=config_name
+            version_base="1.3", config_path=CONFIG_PATH, config_name=config_name
         )(task_function)
 
         @functools.wraps(hydra_main)
         def main() -> Any:
+            register_resolvers()
             try:
                 check_overrides(config_name, sys.argv[1:])
             except UserError as e:

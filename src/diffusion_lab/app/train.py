@@ -9,20 +9,19 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torchvision.utils import save_image
 
-from diffusion_lab.errors import UserError, require
-from diffusion_lab.training.build import (
+from diffusion_lab.app.build import (
     build_datamodule,
     build_module,
     instantiate,
-    load_module,
     read_checkpoint,
     validate,
 )
+from diffusion_lab.app.config import RESOLVER
+from diffusion_lab.app.hydra_entry import hydra_entry, run_task
+from diffusion_lab.errors import UserError, require
 from diffusion_lab.training.callbacks import SampleGrid, Throughput, write_json
 from diffusion_lab.training.measure import forward_mflops
-from diffusion_lab.training.precision import RESOLVER
 
 log = logging.getLogger("diffusion_lab")
 
@@ -164,56 +163,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def sample(cfg: DictConfig) -> dict[str, Any]:
-    """Sample a grid (PNG) and a tensor file (.pt) from a checkpoint (mode=inpaint: inpaint)."""
-    mode = cfg.get("mode") or "generate"
-    require(mode in ("generate", "inpaint"), f"mode={mode!r} is not one of ['generate', 'inpaint']")
-    if mode == "inpaint":
-        from diffusion_lab.training.inpaint import inpaint
-
-        return inpaint(cfg)
-    require(cfg.get("ckpt_path"), "ckpt_path=... is required (a .ckpt file from a training run)")
-    module, train_cfg = load_module(cfg.ckpt_path)
-    device = torch.device(
-        "cuda"
-        if cfg.device == "auto" and torch.cuda.is_available()
-        else "cpu"
-        if cfg.device == "auto"
-        else cfg.device
-    )
-    module.to(device)
-    n = int(cfg.n)
-    require(n >= 1, f"n={n} must be >= 1")
-    labels = None
-    nrow = int(n**0.5)
-    if cfg.get("class") is not None:
-        classes = cfg["class"] if OmegaConf.is_list(cfg["class"]) else [cfg["class"]]
-        require(all(isinstance(c, int) for c in classes), f"class={list(classes)} must be integers")
-        per = max(1, n // len(classes))
-        labels = torch.tensor(classes).repeat_interleave(per)
-        nrow = per
-    elif module.num_classes:
-        per = max(1, n // module.num_classes)
-        labels = torch.arange(module.num_classes).repeat_interleave(per)  # one row per class
-        nrow = per
-    attrs = None
-    if cfg.get("attributes"):
-        values = list(cfg.attributes)
-        count = len(labels) if labels is not None else n
-        attrs = torch.tensor(values).long()[None].expand(count, -1)
-    sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else None
-    images = module.generate(
-        len(labels) if labels is not None else n,
-        labels=labels,
-        attrs=attrs,
-        sampler=sampler,
-        guidance_scale=cfg.get("guidance_scale"),
-        seed=cfg.seed,
-    )
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    png, pt = out / "samples.png", out / "samples.pt"
-    save_image((images.float().cpu() + 1) / 2, png, nrow=nrow, padding=1, pad_value=1.0)
-    torch.save({"images": images.cpu(), "labels": labels, "attrs": attrs}, pt)
-    log.info("Wrote %s and %s", png, pt)
-    return {"png": str(png), "tensor": str(pt), "n": len(images)}
+@hydra_entry("train")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(train, cfg)

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffusion_lab.cli import CONF_DIR
+from diffusion_lab.app.config import compose_config
 from diffusion_lab.errors import UserError, require
 
 FIGURES = ("forward", "embedding", "progression", "triplets", "all")
@@ -26,14 +26,10 @@ FIGURES = ("forward", "embedding", "progression", "triplets", "all")
 
 def compose_train_config(overrides: list[str]) -> DictConfig:
     """conf/train.yaml with overrides, outside a Hydra run (paths relative to the cwd)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose_config("train", overrides)
     except HydraException as e:
         raise UserError(str(e).splitlines()[0]) from None
     with open_dict(cfg):
@@ -44,8 +40,8 @@ def compose_train_config(overrides: list[str]) -> DictConfig:
 
 def load_images(cfg: DictConfig, n: int) -> tuple[Any, Any]:
     """n validation images of the configured data set, one per class first."""
-    from diffusion_lab.training.build import build_datamodule
-    from diffusion_lab.viz.figures import pick_images
+    from diffusion_lab.app.build import build_datamodule
+    from diffusion_lab.figures.plots import pick_images
 
     with open_dict(cfg):
         if "num_train" in cfg.data:  # generated data: no need for a full training set
@@ -56,7 +52,7 @@ def load_images(cfg: DictConfig, n: int) -> tuple[Any, Any]:
 
 
 def _load(ckpt: str, overrides: list[str]) -> tuple[Any, DictConfig]:
-    from diffusion_lab.training.build import load_module
+    from diffusion_lab.app.build import load_module
 
     module, cfg = load_module(ckpt)
     for o in overrides:
@@ -72,8 +68,8 @@ def _load(ckpt: str, overrides: list[str]) -> tuple[Any, DictConfig]:
 
 
 def make_figures(args: argparse.Namespace) -> list[Path]:
-    from diffusion_lab.viz import figures as F
-    from diffusion_lab.viz.figures import schedules_for, sinusoidal_dim
+    from diffusion_lab.figures import plots as F
+    from diffusion_lab.figures.plots import schedules_for, sinusoidal_dim
 
     which = list(FIGURES[:-1]) if args.figure == "all" else [args.figure]
     needs_ckpt = sorted({"progression", "triplets"} & set(which))
@@ -103,7 +99,7 @@ def make_figures(args: argparse.Namespace) -> list[Path]:
         elif module is not None:
             dim = sinusoidal_dim(module.net)
         else:
-            from diffusion_lab.training.build import build_net
+            from diffusion_lab.app.build import build_net
 
             dim = sinusoidal_dim(build_net(cfg))
         save(F.time_embedding_figure(T, dim), "embedding")

@@ -18,7 +18,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffusion_lab.errors import UserError, require
-from diffusion_lab.evaluation.classifier import SmallClassifier
+from diffusion_lab.metrics.classifier import SmallClassifier
 
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"

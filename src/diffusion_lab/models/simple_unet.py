@@ -40,7 +40,7 @@ class _Block(nn.Module):
         return self.resample(h)
 
 
-class CourseUNet(nn.Module):
+class SimpleUNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,

@@ -15,7 +15,7 @@ measured in the same rounds: every round times every model once, so all of them 
 drift, and the median of the rounds is reported. Then the data pipeline rates, the speed
 options (channels_last, Adam foreach/fused, bf16 autocast, sampling batch, inference mode,
 torch.compile with --compile) and the sampling cost per 1,000 images. Where the CPU has AMX
-bf16 units (and the trainer defaults to bf16-mixed), the course U-Nets are also timed in bf16,
+bf16 units (and the trainer defaults to bf16-mixed), the basic / efficient U-Nets are also timed in bf16,
 plain loop against framework, with a bf16 matmul in the same rounds. Like the entry points,
 the whole run keeps freed memory in the heap (diffusion_lab.host_memory).
 """
@@ -33,15 +33,15 @@ from pathlib import Path
 
 import torch
 from benchmarking import (
-    COURSE_UNETS,
     PEERS,
+    UNET_CONFIGS,
     build_unet,
     conv_gflops,
-    course_unet,
     framework_train_rate,
     installed_peers,
     matmul_gflops,
     n_params,
+    our_unet,
     plain_train_rate,
     sampling_rate,
     train_step_mib,
@@ -101,14 +101,14 @@ def matmul_fraction(mflops: float, rates: list[float], matmul: list[float]) -> f
 def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> list[dict]:
     c, s = SHAPES[shape_name]
     images = images_for((c, s))
-    kinds = {f"course {a}": a for a in COURSE_UNETS}
+    kinds = {f"{a} U-Net": a for a in UNET_CONFIGS}
     if not args.no_peers:
         kinds.update({PEERS[k]: k for k in installed_peers()})
     nets = {name: partial(build_unet, kind, c, s) for name, kind in kinds.items()}
     fns = {}
     for name, make in nets.items():
         fns[f"{name}|plain"] = partial(plain_train_rate, make, images, args.batch, args.seconds)
-        if name.startswith("course"):
+        if name.endswith(" U-Net"):
             fns[f"{name}|framework"] = partial(
                 framework_train_rate, make, images, args.batch, args.seconds
             )
@@ -150,7 +150,7 @@ def measure_shape(shape_name: str, args: argparse.Namespace, peak: float) -> lis
 
 
 def measure_bf16(args: argparse.Namespace, fp32_rows: list[dict]) -> dict:
-    """The course U-Nets at 28x28x1 under bf16: a plain loop in bf16 autocast against the
+    """The basic / efficient U-Nets at 28x28x1 under bf16: a plain loop in bf16 autocast against the
     framework at trainer.precision=bf16-mixed (the CPU default where it is fast), with a bf16
     matmul in the same rounds."""
     report: dict = {"fast_bf16": cpu_has_fast_bf16()}
@@ -159,8 +159,8 @@ def measure_bf16(args: argparse.Namespace, fp32_rows: list[dict]) -> dict:
         return report
     images = images_for((1, 28))
     fns = {}
-    for arch in COURSE_UNETS:
-        make = partial(course_unet, arch, 1, 28)
+    for arch in UNET_CONFIGS:
+        make = partial(our_unet, arch, 1, 28)
         fns[f"{arch}|plain"] = partial(
             plain_train_rate, make, images, args.batch, args.seconds, autocast=torch.bfloat16
         )
@@ -180,20 +180,20 @@ def measure_bf16(args: argparse.Namespace, fp32_rows: list[dict]) -> dict:
         "| framework vs fp32 | % of bf16 matmul |"
     )
     print("|---|---:|---:|---:|---:|---:|")
-    for arch in COURSE_UNETS:
+    for arch in UNET_CONFIGS:
         plain, fw = rounds[f"{arch}|plain"], rounds[f"{arch}|framework"]
-        mflops = forward_mflops(course_unet(arch, 1, 28), (1, 28, 28))
+        mflops = forward_mflops(our_unet(arch, 1, 28), (1, 28, 28))
         row = {
             "plain": statistics.median(plain),
             "framework": statistics.median(fw),
             "framework_over_plain": median_ratio(fw, plain),
             "matmul_fraction": matmul_fraction(mflops, fw, rounds["matmul"]),
         }
-        fp32_fw = fp32.get(f"course {arch}", {}).get("framework")
+        fp32_fw = fp32.get(f"{arch} U-Net", {}).get("framework")
         row["over_fp32_framework"] = row["framework"] / fp32_fw if fp32_fw else None
         report[arch] = row
         print(
-            f"| course {arch} | {row['plain']:.1f} | {row['framework']:.1f} | "
+            f"| {arch} U-Net | {row['plain']:.1f} | {row['framework']:.1f} | "
             f"{row['framework_over_plain']:.3f} | "
             + (f"{row['over_fp32_framework']:.2f}x | " if fp32_fw else "- | ")
             + f"{100 * row['matmul_fraction']:.0f}% |"
@@ -253,8 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     n = sum(len(b["image"]) for b in TensorBatches(mnist_like, args.batch, shuffle=True))
     batch_rate = n / (time.perf_counter() - t0)
     train_max = max(
-        [r["framework"] or r["plain"] for r in rows if r["model"].startswith("course")]
-        + [report["bf16"][a]["framework"] for a in COURSE_UNETS if a in report["bf16"]]
+        [r["framework"] or r["plain"] for r in rows if r["model"].endswith(" U-Net")]
+        + [report["bf16"][a]["framework"] for a in UNET_CONFIGS if a in report["bf16"]]
     )
     report["data"] = {"pattern_generation_img_s": gen_rate, "in_memory_batches_img_s": batch_rate}
     print("\n| data pipeline | images/s | x fastest training rate |")
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # speed options on the efficient U-Net, 28x28x1
     images = images_for((1, 28))
-    eff = partial(course_unet, "efficient", 1, 28)
+    eff = partial(our_unet, "efficient", 1, 28)
     train = partial(plain_train_rate, eff, images, args.batch, args.seconds)
     options = {
         "eager fp32, channels_last": train,

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from torchvision.utils import save_image
 
 from diffusion_lab.app.build import load_module
+from diffusion_lab.app.config import compose_config
 from diffusion_lab.app.evaluate import generate, load_data
 from diffusion_lab.app.train import train
 from diffusion_lab.data.loader import to_model_range
@@ -41,8 +41,7 @@ SHARED = ROOT.parent / "shared" / "datasets"
 
 
 def compose_cfg(name: str, overrides: list[str], out: Path):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
+    cfg = compose_config(name, overrides)
     with open_dict(cfg):
         cfg.paths.root_dir = str(ROOT)
         cfg.paths.log_dir = str(out)

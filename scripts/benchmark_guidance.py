@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from diffusion_lab.app.build import build_datamodule, load_module
+from diffusion_lab.app.config import compose_config
 from diffusion_lab.app.train import train
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.metrics.classifier import accuracy, train_classifier
@@ -45,19 +45,18 @@ def main() -> None:
     out = (ROOT / args.out).resolve()
     minutes = int(args.minutes)
     seconds = int(round((args.minutes - minutes) * 60))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            [
-                "experiment=mnist_class_cfg",
-                f"data.root={data_root}",
-                "trainer.max_epochs=100",
-                f"trainer.max_time=00:00:{minutes:02d}:{seconds:02d}",
-                "callbacks.progress_bar=null",
-                "callbacks.sample_grid.every_n_epochs=0",
-                "data.val_size=1000",
-            ],
-        )
+    cfg = compose_config(
+        "train",
+        [
+            "experiment=mnist_class_cfg",
+            f"data.root={data_root}",
+            "trainer.max_epochs=100",
+            f"trainer.max_time=00:00:{minutes:02d}:{seconds:02d}",
+            "callbacks.progress_bar=null",
+            "callbacks.sample_grid.every_n_epochs=0",
+            "data.val_size=1000",
+        ],
+    )
     with open_dict(cfg):
         cfg.paths.root_dir, cfg.paths.output_dir = str(ROOT), str(out)
     t0 = time.perf_counter()

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from scipy import ndimage
 from torchvision.utils import save_image
 
 from diffusion_lab.app.build import load_module
+from diffusion_lab.app.config import compose_config
 from diffusion_lab.app.train import train
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.data.masks import masks_of_kind
@@ -84,8 +84,7 @@ def train_model(args: argparse.Namespace, out: Path) -> str:
         hms = f"00:{sec // 3600:02d}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
         overrides += [f"trainer.max_time='{hms}'", "trainer.max_epochs=100000"]
     overrides += args.override
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     with open_dict(cfg):
         cfg.paths.root_dir = str(ROOT)
         cfg.paths.output_dir = str(out / "train")

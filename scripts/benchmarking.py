@@ -9,6 +9,7 @@ measurement builds its network from `make_net` so that every window starts from 
 import contextlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from diffusion_lab.data.loader import TensorBatches, to_model_range
@@ -26,14 +28,20 @@ from diffusion_lab.host_memory import keep_freed_memory
 from diffusion_lab.models import SimpleUNet
 from diffusion_lab.training.module import DiffusionModule
 
-COURSE_UNETS = {
-    "basic": dict(channels=(64, 128, 256), time_dim=64, middle_conv=False),
-    "efficient": dict(channels=(24, 48, 96), time_dim=192, middle_conv=True),
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# the basic / efficient U-Net pair exactly as conf/model/{basic,efficient}_unet.yaml build them
+UNET_CONFIGS = {
+    arch: {
+        k: v
+        for k, v in yaml.safe_load((CONF / "model" / f"{arch}_unet.yaml").read_text()).items()
+        if k != "_target_"
+    }
+    for arch in ("basic", "efficient")
 }
 
 
-def course_unet(arch: str, channels: int, size: int) -> nn.Module:
-    return SimpleUNet(channels, size, **COURSE_UNETS[arch])
+def our_unet(arch: str, channels: int, size: int) -> nn.Module:
+    return SimpleUNet(channels, size, **UNET_CONFIGS[arch])
 
 
 class PeerWrapper(nn.Module):
@@ -76,11 +84,9 @@ def installed_peers() -> list[str]:
 
 
 def build_unet(kind: str, channels: int, size: int) -> nn.Module:
-    """ "efficient" / "basic" (the course U-Nets) or a PEERS key."""
+    """ "efficient" / "basic" (the basic / efficient U-Net pair) or a PEERS key."""
     return (
-        course_unet(kind, channels, size)
-        if kind in COURSE_UNETS
-        else peer_unet(kind, channels, size)
+        our_unet(kind, channels, size) if kind in UNET_CONFIGS else peer_unet(kind, channels, size)
     )
 
 
@@ -116,7 +122,10 @@ def train_step_mib(kind: str, channels: int, size: int, batch: int) -> float | N
         "import json; from benchmarking import _step_memory; "
         f"print(json.dumps(_step_memory({kind!r}, {channels}, {size}, {batch})))"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}  # finds this module
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env
+    )
     return json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else None
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from diffusion_lab.app.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -83,9 +83,7 @@ def shrink(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 def compose_cfg(
     tmp_path: Path, overrides: list[str], config_name: str = "train", tiny: bool = False
 ) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides)
+    cfg = compose_config(config_name, overrides)
     with open_dict(cfg):
         cfg.paths.root_dir = str(ROOT)
         cfg.paths.output_dir = str(tmp_path)

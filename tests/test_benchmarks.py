@@ -2,12 +2,14 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))  # the scripts import their shared helpers (benchmarking.py)
 
 
 def load_script(name: str):
@@ -30,8 +32,8 @@ def test_performance_suite_reports_every_figure(tmp_path, monkeypatch):
     assert saved["peak_gflops"] == pytest.approx(report["peak_gflops"])
     assert report["peak_gflops"] == max(report["matmul_gflops"], report["conv_gflops"]) > 0
     rows = {r["model"]: r for r in report["models"]}
-    assert set(rows) == {"course efficient", "course basic"}
-    assert rows["course basic"]["params"] == 3_712_257
+    assert set(rows) == {"efficient U-Net", "basic U-Net"}
+    assert rows["basic U-Net"]["params"] == 3_712_257
     for r in rows.values():
         assert r["plain"] > 0 and r["framework"] > 0 and r["sample_img_steps_per_s"] > 0
         assert r["framework_over_plain"] > 0
@@ -48,7 +50,7 @@ def test_performance_suite_reports_every_figure(tmp_path, monkeypatch):
         (plain,), (fw,) = bf16["rounds"][f"{arch}|plain"], bf16["rounds"][f"{arch}|framework"]
         assert bf16[arch]["framework_over_plain"] == pytest.approx(fw / plain)
         assert bf16[arch]["over_fp32_framework"] == pytest.approx(
-            fw / rows[f"course {arch}"]["framework"]
+            fw / rows[f"{arch} U-Net"]["framework"]
         )
         assert 0 < bf16[arch]["matmul_fraction"] < 5
     assert any("no_grad" in k for k in report["options"]["sample"])

@@ -5,7 +5,8 @@ import subprocess
 import pytest
 
 from diffusion_lab.app.hydra_entry import check_overrides, run_task
-from diffusion_lab.app.train import sample, train
+from diffusion_lab.app.sample import sample
+from diffusion_lab.app.train import train
 from diffusion_lab.errors import UserError
 
 from .conftest import compose_cfg, run_module

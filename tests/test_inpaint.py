@@ -9,7 +9,8 @@ import torch
 from omegaconf import open_dict
 
 from diffusion_lab.app.build import build_module
-from diffusion_lab.app.train import sample, train
+from diffusion_lab.app.sample import sample
+from diffusion_lab.app.train import train
 from diffusion_lab.data.masks import masks_of_kind
 from diffusion_lab.diffusion import GaussianDiffusion, linear_betas
 from diffusion_lab.diffusion.repaint import repaint_sample, repaint_schedule

@@ -21,13 +21,13 @@ def n_params(m):
         (EFFICIENT, 3, 679_563),
     ],
 )
-def test_course_unet_parameter_counts(arch, channels, expected):
+def test_simple_unet_parameter_counts(arch, channels, expected):
     assert n_params(SimpleUNet(channels, 28, **arch)) == expected
 
 
 @pytest.mark.parametrize("arch", [BASIC, EFFICIENT])
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)])
-def test_course_unet_output_shape(arch, channels, size):
+def test_simple_unet_output_shape(arch, channels, size):
     net = SimpleUNet(channels, size, **arch)
     x = torch.randn(2, channels, size, size)
     assert net(x, torch.tensor([0, 999])).shape == x.shape

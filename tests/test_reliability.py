@@ -7,11 +7,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from diffusion_lab import hardware
 from diffusion_lab.app.build import build_module, load_module
 from diffusion_lab.app.hydra_entry import run_task
 from diffusion_lab.app.train import _chosen_for_this_cpu, train
 from diffusion_lab.training import module as training_module
-from diffusion_lab.training import precision as training_precision
 
 from .conftest import TINY_PATTERNS, compose_cfg, run_module
 
@@ -122,7 +122,7 @@ def test_bf16_mixed_trains_on_cpu_and_samples_under_bf16_autocast_where_bf16_is_
 
 def test_cpu_precision_defaults_to_bf16_mixed_only_where_the_cpu_has_amx(make_cfg, monkeypatch):
     for fast, expected in ((True, "bf16-mixed"), (False, "32")):
-        monkeypatch.setattr(training_precision, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda fast=fast: fast)
         cfg = make_cfg(tiny=False)
         assert cfg.trainer.precision == expected == _chosen_for_this_cpu(cfg)
         for override, pinned in (("trainer.precision=32", "32"), ("trainer=gpu", "16-mixed")):
@@ -134,7 +134,7 @@ def test_cpu_precision_defaults_to_bf16_mixed_only_where_the_cpu_has_amx(make_cf
 @pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads Linux's /proc/cpuinfo")
 def test_fast_bf16_probe_agrees_with_the_cpu_flags():
     flags = {f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()}
-    assert training_precision.cpu_has_fast_bf16() == ({"amx_bf16", "avx512_bf16"} <= flags)
+    assert hardware.cpu_has_fast_bf16() == ({"amx_bf16", "avx512_bf16"} <= flags)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, capsys):

@@ -12,7 +12,8 @@ from pytorch_lightning.utilities.model_summary import ModelSummary
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from diffusion_lab.app.build import build_module, load_module
-from diffusion_lab.app.train import quiet_lightning, sample, train
+from diffusion_lab.app.sample import sample
+from diffusion_lab.app.train import quiet_lightning, train
 from diffusion_lab.training.measure import forward_mflops
 from diffusion_lab.training.module import BucketMeans
 

@@ -1,3 +1,3 @@
 """diffusion-lab: small denoising diffusion experiments with Hydra + PyTorch Lightning."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

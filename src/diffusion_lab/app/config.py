@@ -5,6 +5,7 @@ The YAML groups are the repository's top-level `conf/`, shipped inside the packa
 its package search path (`pkg://diffusion_lab.conf`) wherever the package is installed.
 """
 
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def config_groups() -> list[str]:
 def register_resolvers() -> None:
     """The resolvers the configs use; called wherever a config is composed or loaded."""
     OmegaConf.register_new_resolver(RESOLVER, default_cpu_precision, replace=True)
+    OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:

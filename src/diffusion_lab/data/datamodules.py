@@ -20,6 +20,8 @@ from diffusion_lab.data.masks import MaskSpec, make_masks
 from diffusion_lab.data.patterns import FAMILIES, generate_patterns
 from diffusion_lab.errors import UserError, require
 
+DIGITS_FILE = Path(__file__).with_name("digits.csv.gz")
+
 Split = dict[str, Tensor]
 
 
@@ -336,12 +338,13 @@ class DigitsDataModule(InMemoryDataModule):
         self.val_fraction = val_fraction
 
     def load(self) -> tuple[Split, Split]:
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        images = torch.as_tensor(d.images, dtype=torch.float32)[:, None] * (255 / 16)
+        # the UCI hand-written digits (Alpaydin & Kaynak 1998, CC BY 4.0) as scikit-learn ships
+        # them: one row per image, 64 pixel values 0..16 and the digit
+        with gzip.open(DIGITS_FILE, "rt") as f:
+            rows = torch.tensor([[int(v) for v in line.split(",")] for line in f])
+        images = rows[:, :64].float().reshape(-1, 1, 8, 8) * (255 / 16)
         images = _resize_uint8(images.round().to(torch.uint8), self.image_size)
-        labels = torch.as_tensor(d.target).long()
+        labels = rows[:, 64].long()
         return _split(images, labels, self.val_fraction, self.seed)
 
 

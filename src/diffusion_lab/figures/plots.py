@@ -112,9 +112,12 @@ def schedules_for(timesteps: int, schedule: Mapping | None = None) -> dict[str, 
     }
 
 
-def sinusoidal_dim(net: torch.nn.Module) -> int:
-    """Width of the sinusoidal embedding a U-Net feeds its time MLP (the first Linear's input)."""
-    return int(net.time_mlp[0].in_features)
+def sinusoidal_dim(net: torch.nn.Module, default: int = 64) -> int:
+    """Width of the sinusoidal embedding a U-Net feeds its time MLP (the first Linear's input);
+    `default` for a network that does not say (a user's own)."""
+    first = getattr(getattr(net, "time_mlp", None), "__getitem__", None)
+    layer = first(0) if first is not None else None
+    return int(getattr(layer, "in_features", getattr(net, "time_dim", default)))
 
 
 # ---- forward process --------------------------------------------------------------------------

@@ -98,12 +98,13 @@ class AttnUNet(nn.Module):
             require(w % groups == 0, f"model.groups={groups} must divide every width {widths}")
         self.in_channels, self.image_size = in_channels, image_size
         self.time_dim = base * 4
-        self.cond = CondEmbedding(
+        self.cond = CondEmbedding.for_images(
             self.time_dim,
+            in_channels,
             num_classes,
             attribute_sizes,
-            mask_channels=in_channels + 1 if mask_conditioning else 0,
-            self_cond_channels=in_channels if self_condition else 0,
+            mask_conditioning,
+            self_condition,
         )
         self.time_mlp = nn.Sequential(
             nn.Linear(base, self.time_dim), nn.SiLU(), nn.Linear(self.time_dim, self.time_dim)

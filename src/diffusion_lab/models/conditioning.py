@@ -76,6 +76,27 @@ class CondEmbedding(nn.Module):
         self.label_embedding = nn.Embedding(num_classes + 1, dim) if num_classes else None
         self.attr_embeddings = nn.ModuleList(nn.Embedding(n + 1, dim) for n in self.attribute_sizes)
 
+    @classmethod
+    def for_images(
+        cls,
+        dim: int,
+        in_channels: int,
+        num_classes: int = 0,
+        attribute_sizes: list[int] | tuple[int, ...] = (),
+        mask_conditioning: bool = False,
+        self_condition: bool = False,
+    ) -> "CondEmbedding":
+        """The embedding for a denoiser of `in_channels`-channel images, from the constructor
+        arguments every denoiser takes: inpainting adds the known image and the mask as
+        in_channels + 1 input channels, self-conditioning the previous x0 estimate."""
+        return cls(
+            dim,
+            num_classes,
+            attribute_sizes,
+            mask_channels=in_channels + 1 if mask_conditioning else 0,
+            self_cond_channels=in_channels if self_condition else 0,
+        )
+
     def forward(self, cond: Cond | None) -> Tensor | None:
         """The summed label and attribute embeddings, or None when there are none."""
         if cond is None:

@@ -70,12 +70,8 @@ class GeluUNet(nn.Module):
                 f"model.groups={groups} must divide every width in model.channels={list(channels)}",
             )
         self.in_channels, self.image_size, self.time_dim = in_channels, image_size, time_dim
-        self.cond = CondEmbedding(
-            time_dim,
-            num_classes,
-            attribute_sizes,
-            mask_channels=in_channels + 1 if mask_conditioning else 0,
-            self_cond_channels=in_channels if self_condition else 0,
+        self.cond = CondEmbedding.for_images(
+            time_dim, in_channels, num_classes, attribute_sizes, mask_conditioning, self_condition
         )
         self.time_mlp = nn.Sequential(
             nn.Linear(time_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)

@@ -1,6 +1,9 @@
-"""What this machine offers: the device to run on and whether its CPU is fast at bf16."""
+"""What this machine offers: the device to run on, whether its CPU is fast at bf16, and
+whether a download host can be reached."""
 
 import functools
+import socket
+from urllib.parse import urlparse
 
 import torch
 
@@ -8,8 +11,8 @@ import torch
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX bf16 tile units (Intel Xeon 4th generation, Sapphire Rapids, and
-    later), where oneDNN runs bf16 convolutions ~8x faster than fp32 and the course U-Nets train
-    2.1-3.6x faster in bf16-mixed (README, Benchmarks). Elsewhere bf16 is converted in
+    later), where oneDNN runs bf16 convolutions ~8x faster than fp32 and the basic / efficient U-Nets train
+    2.1-3.6x faster in bf16-mixed (docs: Performance). Elsewhere bf16 is converted in
     software or gains little, and the same runs were 2.4-13x slower than fp32."""
     cpu = torch.cpu
     try:
@@ -47,3 +50,14 @@ def pick_device(name: str) -> torch.device:
         )
     require(device.type in ("cpu", "cuda", "mps"), f"device={name!r}: use auto, cpu or cuda[:N]")
     return device
+
+
+def reachable(url_or_host: str, timeout: float) -> bool:
+    """Whether a TCP connection to the host's HTTPS port opens within `timeout` seconds: a
+    quick offline check before a download would hang or fail deep inside a library."""
+    host = urlparse(url_or_host).hostname or url_or_host
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

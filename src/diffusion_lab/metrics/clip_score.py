@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 from diffusion_lab.diffusion.gaussian import DenoiseFn
 from diffusion_lab.diffusion.score_guidance import score_guided
 from diffusion_lab.errors import UserError, require
+from diffusion_lab.hardware import reachable
 
 log = logging.getLogger("diffusion_lab")
 
@@ -68,15 +68,6 @@ def register_architecture(name: str, architecture: dict[str, Any]) -> None:
     folder = Path(tempfile.mkdtemp(prefix="dlab_clip_cfg_"))
     (folder / f"{name}.json").write_text(json.dumps(architecture))
     open_clip.add_model_config(folder / f"{name}.json")
-
-
-def _reachable(url_or_host: str, timeout: float) -> bool:
-    host = urlparse(url_or_host).hostname or url_or_host
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _cached_tag_weights(pcfg: dict[str, Any], cache_dir: str | None) -> str | None:
@@ -138,7 +129,7 @@ def _pretrained_kwargs(
             f"clip.pretrained={pretrained}: the {model} weights are not in the local cache and "
             f"clip.download=false; {how}, or allow the one-time download with clip.download=true"
         )
-    if not _reachable(
+    if not reachable(
         os.environ.get("HF_ENDPOINT", source) if pcfg.get("hf_hub") else source, timeout
     ):
         raise UserError(

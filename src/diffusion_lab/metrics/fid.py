@@ -18,6 +18,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffusion_lab.errors import UserError, require
+from diffusion_lab.hardware import reachable
 from diffusion_lab.metrics.classifier import SmallClassifier
 
 INCEPTION_URL = (
@@ -81,16 +82,6 @@ class InceptionFeatures(nn.Module):
         return self.net(u8)
 
 
-def _reachable(url: str, timeout: float) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((urlparse(url).hostname, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def inception_weights(
     path: str | None = None, download: bool = False, connect_timeout: float = 3.0
 ) -> str | None:
@@ -117,7 +108,7 @@ def inception_weights(
         raise UserError(
             f"fid.features=inception: no InceptionV3 weights here and fid.download=false; {how}"
         )
-    if not _reachable(INCEPTION_URL, connect_timeout):
+    if not reachable(INCEPTION_URL, connect_timeout):
         raise UserError(
             f"fid.features=inception: no InceptionV3 weights here and {urlparse(INCEPTION_URL).hostname} "
             f"is unreachable (no network); {how}"

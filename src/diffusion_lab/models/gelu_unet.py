@@ -1,4 +1,4 @@
-"""The MNIST report's U-Net: Conv -> GroupNorm -> GELU blocks, einops patch pooling.
+"""A U-Net of Conv -> GroupNorm -> GELU blocks, einops patch pooling.
 
 Downsampling rearranges each 2x2 patch into channels ('b c (h 2) (w 2) -> b (c 4) h w') and a
 1x1 conv brings the width to the next level's; upsampling is the mirror image. Time and

@@ -9,6 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from diffusion_lab.data.datamodules import attribute_sizes
 from diffusion_lab.diffusion import GaussianDiffusion, make_betas
 from diffusion_lab.errors import UserError, require
 from diffusion_lab.training.module import DiffusionModule
@@ -80,7 +81,7 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
         in_channels=cfg.data.channels,
         image_size=cfg.data.image_size,
         num_classes=cfg.data.num_classes if c.use_labels else 0,
-        attribute_sizes=[2] * len(c.attributes),
+        attribute_sizes=attribute_sizes(c.attributes),
         mask_conditioning=bool(c.get("mask", False)),
         self_condition=bool(cfg.diffusion.get("self_condition", False)),
     )

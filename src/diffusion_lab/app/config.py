@@ -45,3 +45,11 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides)
+
+
+def command_output_dir(cfg: DictConfig) -> Path:
+    """Where a command writes: `output_dir=` when given, else its own timestamped run directory
+    (outputs/<command>/runs/<time>); created."""
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

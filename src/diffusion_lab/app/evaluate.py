@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.utils import save_image
 
 from diffusion_lab.app.build import build_datamodule, load_module
+from diffusion_lab.app.config import command_output_dir
 from diffusion_lab.app.hydra_entry import hydra_entry, run_task
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.errors import require
@@ -69,11 +70,11 @@ def run_dir_for(cfg: DictConfig, ckpt_path: str) -> Path:
     """The training run a checkpoint belongs to (run/checkpoints/x.ckpt -> run), unless
     output_dir says otherwise; else this command's own Hydra directory."""
     if cfg.get("output_dir"):
-        return Path(cfg.output_dir)
+        return command_output_dir(cfg)
     ckpt = Path(ckpt_path).resolve()
     if ckpt.parent.name == "checkpoints":
         return ckpt.parent.parent
-    return Path(cfg.paths.output_dir)
+    return command_output_dir(cfg)
 
 
 def load_data(train_cfg: DictConfig, data_root: str | None):
@@ -462,8 +463,7 @@ def clip_guide(cfg: DictConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         before, after = score_fn(plain.to(device)).cpu(), score_fn(guided.to(device)).cpu()
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = command_output_dir(cfg)
     rows = []
     for c in range(max(k, 1)):
         sl = slice(c * per, (c + 1) * per)

@@ -11,6 +11,7 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from diffusion_lab.app.build import build_datamodule, load_module
+from diffusion_lab.app.config import command_output_dir
 from diffusion_lab.data.datamodules import PatternDataModule
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.data.masks import MaskSpec, make_masks
@@ -88,8 +89,7 @@ def inpaint(cfg: DictConfig) -> dict[str, Any]:
         sampler=sampler,
         seed=int(cfg.seed),
     ).cpu()
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = command_output_dir(cfg)
     grid = panel_rows([images, masked_input(images, masks), mask_as_image(masks), result])
     for i, name in enumerate(names):
         save_image(

@@ -2,7 +2,6 @@
 checkpoint; `mode=inpaint` inpaints (see app/inpaint.py)."""
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
 from diffusion_lab.app.build import load_module
+from diffusion_lab.app.config import command_output_dir
 from diffusion_lab.app.hydra_entry import hydra_entry, run_task
 from diffusion_lab.app.inpaint import inpaint
 from diffusion_lab.errors import require
@@ -55,8 +55,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         guidance_scale=cfg.get("guidance_scale"),
         seed=cfg.seed,
     )
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = command_output_dir(cfg)
     png, pt = out / "samples.png", out / "samples.pt"
     save_image((images.float().cpu() + 1) / 2, png, nrow=nrow, padding=1, pad_value=1.0)
     torch.save({"images": images.cpu(), "labels": labels, "attrs": attrs}, pt)

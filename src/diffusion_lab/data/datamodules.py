@@ -21,6 +21,19 @@ from diffusion_lab.data.patterns import FAMILIES, generate_patterns
 from diffusion_lab.errors import UserError, require
 
 DIGITS_FILE = Path(__file__).with_name("digits.csv.gz")
+# every attribute a data module can provide, and how many values it takes
+ATTRIBUTE_VALUES = {"thickness": ("thin", "thick"), "scale": ("fine", "coarse")}
+
+
+def attribute_sizes(names: list[str] | tuple[str, ...]) -> list[int]:
+    """How many values each named attribute takes (the size of its embedding table)."""
+    unknown = [n for n in names if n not in ATTRIBUTE_VALUES]
+    require(
+        not unknown,
+        f"conditioning.attributes: {unknown} unknown; choose from {list(ATTRIBUTE_VALUES)}",
+    )
+    return [len(ATTRIBUTE_VALUES[n]) for n in names]
+
 
 Split = dict[str, Tensor]
 
@@ -87,7 +100,7 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     @property
     def attribute_sizes(self) -> list[int]:
-        return [2 for _ in self.attributes]
+        return attribute_sizes(self.attributes)
 
     def _finish(self, split: Split, limit: int | None, what: str) -> Split:
         require(len(split["image"]) > 0, f"the {what} split of {type(self).__name__} is empty")

@@ -31,6 +31,21 @@ class Cond:
     def batch_slice(self, idx: slice | Tensor) -> "Cond":
         return Cond(**{k: (v[idx] if v is not None else None) for k, v in self.__dict__.items()})
 
+    def to_null(
+        self, num_classes: int, attribute_sizes: tuple[int, ...], where: Tensor | None = None
+    ) -> "Cond":
+        """Labels and attributes replaced by their null tokens (the value one past the last
+        class / attribute value), for the images where `where` [B] is True (all if None): the
+        unconditional branch of classifier-free guidance. Mask and known image stay."""
+        labels, attrs = self.labels, self.attrs
+        if labels is not None:
+            null = torch.full_like(labels, num_classes)
+            labels = null if where is None else torch.where(where, null, labels)
+        if attrs is not None:
+            null = torch.tensor(attribute_sizes, device=attrs.device).expand_as(attrs)
+            attrs = null if where is None else torch.where(where[:, None], null, attrs)
+        return replace(self, labels=labels, attrs=attrs)
+
     def without_labels(self, num_classes: int) -> "Cond":
         """The same condition with every class label replaced by the null token."""
         if self.labels is None:

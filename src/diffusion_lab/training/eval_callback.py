@@ -14,6 +14,7 @@ import torch
 
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.errors import require
+from diffusion_lab.training.callbacks import due
 
 log = logging.getLogger("diffusion_lab")
 CALLBACK_METRICS = ("fid", "kid", "accuracy")
@@ -100,9 +101,9 @@ class EvaluateSamples(pl.Callback):
         return out
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module) -> None:
-        epoch = trainer.current_epoch + 1
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or epoch % self.every_n_epochs:
+        if not due(trainer, self.every_n_epochs):
             return
+        epoch = trainer.current_epoch + 1
         values = self.evaluate(trainer, module) if trainer.is_global_zero else {}
         for name, value in values.items():
             module.log(name, value, rank_zero_only=True)

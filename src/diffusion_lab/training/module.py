@@ -180,12 +180,10 @@ class DiffusionModule(pl.LightningModule):
             return None
         if drop and self.p_uncond > 0:
             # classifier-free guidance: train the unconditional branch via the null tokens
-            keep = torch.rand(len(batch["image"]), device=self.device) >= self.p_uncond
-            if labels is not None:
-                labels = torch.where(keep, labels, torch.full_like(labels, self.num_classes))
-            if attrs is not None:
-                null = torch.tensor(self.attribute_sizes, device=attrs.device)
-                attrs = torch.where(keep[:, None], attrs, null[None])
+            drop = torch.rand(len(batch["image"]), device=self.device) < self.p_uncond
+            return Cond(labels=labels, attrs=attrs, mask=mask, known=known).to_null(
+                self.num_classes, self.attribute_sizes, where=drop
+            )
         return Cond(labels=labels, attrs=attrs, mask=mask, known=known)
 
     # ---- training ----------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def test_custom_unet_trains_samples_and_evaluates(tmp_path):
         "evaluate",
         f"ckpt_path={ckpt}",
         "metrics=[accuracy]",
-        "n_samples=16",
+        "n=16",
         "batch_size=16",
         "sampler=ddim",
         "sampler.steps=2",

@@ -23,7 +23,7 @@ TINY_CLIP = (
     "text_cfg:{context_length:12,vocab_size:49408,width:32,heads:2,layers:1}}"
 )
 FAST_EVAL = [
-    "n_samples=24",
+    "n=24",
     "batch_size=12",
     "sampler=ddim",
     "sampler.steps=3",
@@ -144,7 +144,7 @@ def test_evaluate_bad_input(tiny_run, tmp_path, capsys):
                 f"ckpt_path={tiny_run}/checkpoints/last.ckpt",
                 "metrics=[clip]",
                 "clip.download=false",
-                "n_samples=2",
+                "n=2",
                 "sampler=ddim",
                 "sampler.steps=2",
                 "clip.cache_dir=" + str(tmp_path),

@@ -23,9 +23,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("paths", nargs="+", help="a Hydra multirun directory or run directories")
     p.add_argument(
         "--out",
+        "--output-dir",
+        dest="out",
         default=None,
         help="where to write the report (default: the multirun directory when one is given, "
-        "else outputs/compare/<time>)",
+        "else outputs/compare/runs/<time>)",
     )
     p.add_argument("--metric", default=None, help="bar-chart metric (default: optimized_metric)")
     args = p.parse_args(argv)
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         if out is None:
             single = len(args.paths) == 1 and find_run_dirs(args.paths) != [Path(args.paths[0])]
             stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-            out = args.paths[0] if single else f"outputs/compare/{stamp}"
+            out = args.paths[0] if single else f"outputs/compare/runs/{stamp}"
         md = compare(args.paths, out, metric=args.metric)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -205,12 +205,24 @@ def write_topk(
             va="center",
             fontsize=8,
         )
-    fig.suptitle(f"top {top_k} per class by {rank_by}", fontsize=9)
+    fig.suptitle(f"top {top_k} per class by {ranking_name(rank_by, scores.prompts)}", fontsize=9)
     fig.tight_layout()
     png = out_dir / "top_k.png"
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return {"top_k_png": str(png), "scores_csv": str(csv_path)}
+
+
+def shown_prompt(template: str) -> str:
+    """A prompt template as a reader should see it: `{class}` stands for each sample's class."""
+    return template.replace("{class}", "<class>")
+
+
+def ranking_name(rank_by: str, prompts: list[str]) -> str:
+    """What clip.rank_by ranks by, in words: a prompt index or "p:<prompt>" names its prompt."""
+    if rank_by.isdigit() and int(rank_by) < len(prompts):
+        return f"p[{shown_prompt(prompts[int(rank_by)])}]"
+    return shown_prompt(rank_by[2:]) if rank_by.startswith("p:") else rank_by
 
 
 def flat_hparams(train_cfg: DictConfig, extra: dict[str, Any]) -> dict[str, Any]:
@@ -268,9 +280,13 @@ def markdown(results: dict[str, Any]) -> str:
         + f"), {results['seconds_per_1000_samples']:.1f} s per 1,000 samples on {results['device']}",
     ]
     if "feature_network" in results:
-        lines.append(
-            f"- FID/KID features: {results['feature_network']} (not comparable with other feature networks)"
-        )
+        ref = results["real_vs_real"]
+        lines += [
+            f"- FID/KID features: {results['feature_network']}; both are squared distances in "
+            "these features, so compare them only with numbers in the same features",
+            f"- reference: two halves of the real set ({ref['n_per_half']} images each) score "
+            f"FID {ref['fid']:.4f}, KID {ref['kid']:.4f} (what a perfect generator would get)",
+        ]
     if "classifier" in results:
         c = results["classifier"]
         lines.append(
@@ -282,7 +298,7 @@ def markdown(results: dict[str, Any]) -> str:
         if k in results:
             lines.append(f"| {k} | {results[k]:.4f} |")
     for k, v in results.get("clip_prompt_probs", {}).items():
-        lines.append(f"| p[{k}] | {v:.4f} |")
+        lines.append(f"| p[{shown_prompt(k)}] | {v:.4f} |")
     for k in ("top_k_png", "scores_csv"):
         if k in results:
             lines.append(f"\n{k}: `{results[k]}`")
@@ -296,8 +312,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = list(cfg.metrics)
     bad = [m for m in metrics if m not in METRICS]
     require(not bad, f"metrics: {bad} not known; choose from {list(METRICS)}")
-    n = int(cfg.n_samples)
-    require(n >= 2, f"n_samples={n} must be >= 2")
+    n = int(cfg.n)
+    require(n >= 2, f"n={n} must be >= 2")
     device = pick_device(cfg.device)
     module, train_cfg = load_module(cfg.ckpt_path)
     module.to(device)
@@ -356,6 +372,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results.update(dist.score(images, tuple(m for m in ("fid", "kid") if m in metrics)))
         results["feature_network"] = desc
         results["n_real"] = len(real)
+        results["real_vs_real"] = dist.real_vs_real()
     if "accuracy" in metrics:
         results["accuracy"] = accuracy(classifier, images.to(device), labels)
     if "clip" in metrics:
@@ -395,9 +412,10 @@ def clip_metrics(
     """CLIP scores of every sample, the top-k per class (grid + CSV) and their means."""
     ccfg = cfg.clip
     scores = scorer.score(images, s["class_texts"], s["prompts"], s["class_prompt"], labels)
-    tag = f"_{cfg.tag}" if cfg.get("tag") else ""
+    # clip/ or clip_<tag>/ (tag=clip is plain clip/, not clip_clip/)
+    folder = "clip" if cfg.get("tag") in (None, "", "clip") else f"clip_{cfg.tag}"
     files = write_topk(
-        run_dir / f"clip{tag}", images, scores, s["class_texts"], int(ccfg.top_k), str(ccfg.rank_by)
+        run_dir / folder, images, scores, s["class_texts"], int(ccfg.top_k), str(ccfg.rank_by)
     )
     return {
         "clip_model": f"{scorer.clip.name} ({scorer.clip.weights})",

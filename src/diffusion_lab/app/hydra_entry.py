@@ -15,7 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from diffusion_lab.app.config import CONFIG_MODULE, CONFIG_PATH, config_groups, register_resolvers
+from diffusion_lab.app.config import (
+    CONFIG_MODULE,
+    CONFIG_PATH,
+    config_dir,
+    config_groups,
+    register_resolvers,
+)
 from diffusion_lab.errors import UserError
 from diffusion_lab.host_memory import keep_freed_memory
 
@@ -25,7 +31,25 @@ log = logging.getLogger("diffusion_lab")
 _CHECKED_FLAGS = {"-m", "--multirun"}
 
 
-def _config_error(error: Exception, override: str) -> str:
+# keys that were renamed so that every command uses one vocabulary
+RENAMED_KEYS = {"n_samples": "n"}
+
+
+def _group_not_chosen(group: str, override: str, config_name: str) -> str:
+    """`sampler.steps=10` when this command has no sampler chosen, or `data.root=...` for a
+    command that has no data group: say what to write instead."""
+    options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    defaults = (config_dir() / f"{config_name}.yaml").read_text()
+    if f"- {group}:" in defaults:  # a group of this command, empty by default
+        return (
+            f"{override}: choose a {group} first, e.g. {group}={options[0]} {override} "
+            f"({group} options: {', '.join(options)})"
+        )
+    hint = " (the data's location is data_root=...)" if group == "data" else ""
+    return f"{override}: `{config_name}` has no {group} settings; it uses the checkpoint's{hint}"
+
+
+def _config_error(error: Exception, override: str, config_name: str) -> str:
     """Hydra's multi-line composition report as one line naming the key and what is allowed."""
     from hydra.errors import MissingConfigException
 
@@ -39,6 +63,10 @@ def _config_error(error: Exception, override: str) -> str:
         full_key, key = str(cause.full_key), str(cause.key)
         prefix = full_key[: -len(key)]
         known = [str(k) for k in parent.keys() if k != "hydra"]
+        if not prefix and key in RENAMED_KEYS:
+            return f"{full_key} is now {RENAMED_KEYS[key]}: write {override.replace(key, RENAMED_KEYS[key], 1)}"
+        if not prefix and key in config_groups() and key not in known:
+            return _group_not_chosen(key, override, config_name)
         if not prefix:  # a config group left empty by default (sampler, debug) is no key yet
             known += [g for g in config_groups() if g not in [*known, "hydra"]]
         close = difflib.get_close_matches(key, known, n=1)
@@ -89,7 +117,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 compose(config_name=config_name, overrides=overrides)
             except (HydraException, OmegaConfBaseException) as e:
                 culprit = swept or _culprit(e, overrides)
-                raise UserError(_config_error(e, culprit)) from None
+                raise UserError(_config_error(e, culprit, config_name)) from None
 
 
 def hydra_entry(config_name: str) -> Callable[[Callable], Callable]:
@@ -151,6 +179,22 @@ def _record_failure(cfg: DictConfig, error: BaseException) -> None:
     )
 
 
+def _remove_if_empty(cfg: DictConfig) -> None:
+    """A command that stopped at a user error leaves no run directory behind when Hydra's own
+    files (.hydra/, the log) are all it holds."""
+    import shutil
+
+    try:
+        out = Path(cfg.paths.output_dir)
+    except Exception:  # composed outside a Hydra run
+        return
+    if not out.is_dir() or out.resolve() == Path.cwd().resolve():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
+        logging.shutdown()  # the log file is open
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
     """Run a task; return cfg.optimized_metric (for sweepers).
 
@@ -170,6 +214,7 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
             _record_failure(cfg, e)
             return float("nan")
         if isinstance(e, UserError):
+            _remove_if_empty(cfg)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         raise

@@ -45,12 +45,16 @@ def read_folder(folder: Path, n: int, channels: int, size: int) -> tuple[Tensor,
     return to_model_range(torch.stack(out)), [f.stem for f in files]
 
 
-def dataset_inputs(train_cfg: DictConfig, n: int) -> tuple[Tensor, Tensor, bool]:
+def dataset_inputs(
+    train_cfg: DictConfig, n: int, data_root: str | None = None
+) -> tuple[Tensor, Tensor, bool]:
     """The first n validation images of the data the checkpoint was trained on."""
     cfg = train_cfg.copy()
     with open_dict(cfg):
         cfg.data.masks = None  # the masks come from the sampling config
         cfg.data.attributes = []
+        if data_root:
+            cfg.data.root = data_root
     dm = build_datamodule(cfg)
     dm.setup("validate")
     val = dm.val_data
@@ -70,13 +74,22 @@ def inpaint(cfg: DictConfig) -> dict[str, Any]:
     source = cfg.get("input") or "dataset"
     labels, two_colour = None, False
     if source == "dataset":
-        images, labels, two_colour = dataset_inputs(train_cfg, n)
+        images, labels, two_colour = dataset_inputs(train_cfg, n, cfg.get("data_root"))
         names = [f"{i:03d}" for i in range(len(images))]
     else:
         images, names = read_folder(Path(str(source)), n, c, size)
+    if len(images) < n:
+        log.warning(
+            "n=%d, but input=%s has %d images: inpainting %d", n, source, len(images), len(images)
+        )
     n = len(images)
     kinds = cfg.get("mask") or "center_box"
     kinds = list(kinds) if OmegaConf.is_list(kinds) else [kinds]
+    require(
+        not cfg.get("mask_image") or "image" in kinds,
+        f"mask_image={cfg.mask_image} is used with mask=image only (mask={cfg.mask}); "
+        "add mask=image to inpaint with it",
+    )
     spec = MaskSpec(kinds=tuple(kinds), seed=int(cfg.seed), image=cfg.get("mask_image"))
     masks, kind_idx = make_masks(spec, n, size)
     masks = masks.float()

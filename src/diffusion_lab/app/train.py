@@ -88,6 +88,13 @@ def _instantiate_group(node: DictConfig | None, key: str) -> list[Any]:
     ]
 
 
+def _steps_per_epoch(trainer: pl.Trainer) -> int:
+    batches = trainer.num_training_batches
+    if not isinstance(batches, int):  # inf: an iterable data module of unknown length
+        return max(1, trainer.global_step)
+    return max(1, batches // max(1, trainer.accumulate_grad_batches))
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train from a composed config; returns the metrics written to metrics.json."""
     validate(cfg)
@@ -151,7 +158,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             # timed on the final sample grid (sampler and steps as in cfg.sampler)
             "sample_seconds_per_image": grid.seconds_per_image if grid else None,
             "global_step": trainer.global_step,
-            "epochs": trainer.current_epoch,
+            # epochs of training done: a fraction after a run that stopped (or resumed) mid-epoch
+            "epochs": round(trainer.global_step / max(1, _steps_per_epoch(trainer)), 3),
             "best_checkpoint": getattr(ckpt_cb, "best_model_path", None) or None,
             "last_checkpoint": getattr(ckpt_cb, "last_model_path", None) or None,
         }

@@ -4,7 +4,7 @@
     python -m diffusion_lab.viz embedding --dim 64 --timesteps 300
     python -m diffusion_lab.viz progression --ckpt outputs/train/runs/<run>/checkpoints/last.ckpt
     python -m diffusion_lab.viz triplets --ckpt <run>/checkpoints/epoch001*.ckpt <run>/checkpoints/last.ckpt
-    python -m diffusion_lab.viz all --ckpt <ckpt> --out figures/
+    python -m diffusion_lab.viz all --ckpt <ckpt>          # every figure, in outputs/viz/runs/<time>
 
 `overrides` are the training config's Hydra overrides (data=..., data.root=...); with --ckpt
 they apply on top of the config stored in the checkpoint.
@@ -13,6 +13,7 @@ they apply on top of the config stored in the checkpoint.
 import argparse
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,12 @@ def make_figures(args: argparse.Namespace) -> list[Path]:
     from diffusion_lab.figures.plots import schedules_for, sinusoidal_dim
 
     which = list(FIGURES[:-1]) if args.figure == "all" else [args.figure]
-    needs_ckpt = sorted({"progression", "triplets"} & set(which))
+    needs_ckpt = [f for f in which if f in ("progression", "triplets")]
     if needs_ckpt and not args.ckpt:
-        raise UserError(f"{needs_ckpt[0]}: --ckpt PATH is required (a .ckpt from a training run)")
+        if args.figure != "all":
+            raise UserError(f"{args.figure}: --ckpt PATH is required (a .ckpt from a training run)")
+        print(f"note: {' and '.join(needs_ckpt)} need a trained model: add --ckpt PATH")
+        which = [f for f in which if f not in needs_ckpt]
     out = Path(args.out)
     single = args.figure != "all" and len(args.ckpt or []) <= 1 and out.suffix == ".png"
     folder = out.parent if single else out
@@ -123,7 +127,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("figure", choices=FIGURES)
     p.add_argument("overrides", nargs="*", help="training-config overrides, e.g. data=mnist")
     p.add_argument("--ckpt", nargs="+", help="checkpoint(s); triplets: one figure per checkpoint")
-    p.add_argument("--out", default=None, help="PNG file, or a folder for several figures")
+    p.add_argument(
+        "--out",
+        "--output-dir",
+        dest="out",
+        default=None,
+        help="a folder (default: outputs/viz/runs/<time>), or a .png file for one figure",
+    )
     p.add_argument("--n", type=int, default=4, help="images / samples (default 4)")
     p.add_argument("--steps", type=int, default=10, help="timesteps shown (default 10)")
     p.add_argument("--timesteps", type=int, default=None, help="T (default: the config's)")
@@ -136,8 +146,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if args.out is None:
-        args.out = "outputs/figures" + ("" if args.figure == "all" else f"/{args.figure}.png")
+    if args.out is None:  # a new folder per invocation, like every other command
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        args.out = f"outputs/viz/runs/{stamp}"
     try:
         require(args.n >= 1, f"--n={args.n} must be >= 1")
         require(args.steps >= 1, f"--steps={args.steps} must be >= 1")

@@ -9,6 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from diffusion_lab.app.schema import check_train_config
 from diffusion_lab.data.datamodules import attribute_sizes
 from diffusion_lab.diffusion import GaussianDiffusion, make_betas
 from diffusion_lab.errors import UserError, require
@@ -27,32 +28,36 @@ def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, UserError):
             raise cause from None
-        first = str(e).strip().splitlines()
-        raise UserError(f"{key}: {first[-1] if first else e}") from None
+        # the library's own message (Lightning's, torch's), not Hydra's wrapper around it
+        text = str(cause if cause is not None else e).strip()
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "full_key" not in ln]
+        raise UserError(f"{key}: {lines[0] if lines else type(cause).__name__}") from None
 
 
-def _number(cfg: DictConfig, key: str, kind: type, low: float, low_inclusive: bool = False) -> None:
+def _at_least(cfg: DictConfig, key: str, low: float, inclusive: bool = True) -> None:
+    """A range check; the type was checked by the schema."""
     value = OmegaConf.select(cfg, key)
     if value is None:
         return
-    ok_type = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        ok_type = isinstance(value, int) and not isinstance(value, bool)
-    require(ok_type, f"{key}={value!r} must be a{'n integer' if kind is int else ' number'}")
-    ok = value >= low if low_inclusive else value > low
+    ok = value >= low if inclusive else value > low
     require(
-        ok and math.isfinite(value), f"{key}={value} must be {'>=' if low_inclusive else '>'} {low}"
+        ok and math.isfinite(value), f"{key}={value} must be {'>=' if inclusive else '>'} {low}"
     )
 
 
 def validate(cfg: DictConfig) -> None:
-    """Cheap checks of the values users most often get wrong, before anything is built."""
-    _number(cfg, "optimizer.lr", float, 0)
-    _number(cfg, "data.batch_size", int, 1, low_inclusive=True)
-    _number(cfg, "schedule.timesteps", int, 2, low_inclusive=True)
-    _number(cfg, "trainer.max_epochs", int, 1, low_inclusive=True)
-    _number(cfg, "data.image_size", int, 1, low_inclusive=True)
-    _number(cfg, "sampler.steps", int, 1, low_inclusive=True)
+    """Types and keys against what reads them (app/schema.py), then the ranges, before
+    anything is built."""
+    check_train_config(cfg)
+    _at_least(cfg, "optimizer.lr", 0, inclusive=False)
+    for key, low in [
+        ("data.batch_size", 1),
+        ("schedule.timesteps", 2),
+        ("trainer.max_epochs", 1),
+        ("data.image_size", 1),
+        ("sampler.steps", 1),
+    ]:
+        _at_least(cfg, key, low)
     t_max = OmegaConf.select(cfg, "lr_scheduler.T_max")
     require(
         t_max is None or (isinstance(t_max, int) and t_max >= 1),
@@ -61,9 +66,7 @@ def validate(cfg: DictConfig) -> None:
     )
     for key in ("schedule.start", "schedule.end"):
         value = OmegaConf.select(cfg, key)
-        if value is not None:
-            _number(cfg, key, float, 0)
-            require(value < 1, f"{key}={value} must be in (0, 1)")
+        require(value is None or 0 < value < 1, f"{key}={value} must be in (0, 1)")
 
 
 def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
@@ -100,6 +103,7 @@ def build_module(cfg: DictConfig) -> DiffusionModule:
         p_uncond=c.p_uncond,
         guidance_scale=c.guidance_scale,
         sampler=OmegaConf.to_container(cfg.sampler, resolve=True),
+        timestep_buckets=cfg.get("timestep_buckets", 4),
         channels_last=cfg.channels_last,
         compile=cfg.compile,
         config=OmegaConf.to_container(cfg, resolve=True),

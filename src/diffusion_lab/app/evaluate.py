@@ -87,7 +87,13 @@ def load_data(train_cfg: DictConfig, data_root: str | None):
 
 
 def generate(
-    module, n: int, labels: torch.Tensor | None, sampler: dict, seed: int, batch_size: int
+    module,
+    n: int,
+    labels: torch.Tensor | None,
+    sampler: dict,
+    seed: int,
+    batch_size: int,
+    guidance_scale: float | None = None,
 ) -> tuple[torch.Tensor, float]:
     """n samples in batches (seed + batch index); returns (images on CPU, seconds)."""
     out = []
@@ -95,7 +101,11 @@ def generate(
     for b, i in enumerate(range(0, n, batch_size)):
         lab = labels[i : i + batch_size] if labels is not None else None
         m = min(batch_size, n - i)
-        out.append(module.generate(m, labels=lab, sampler=sampler, seed=seed + b).cpu())
+        out.append(
+            module.generate(
+                m, labels=lab, sampler=sampler, seed=seed + b, guidance_scale=guidance_scale
+            ).cpu()
+        )
     return torch.cat(out), time.perf_counter() - t0
 
 
@@ -341,7 +351,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         scorer = ClipScorer(load_clip_from_config(cfg.clip, device))
     labels = torch.arange(n) % k if k else None
     log.info("Sampling %d images (%s) on %s", n, sampler, device)
-    images, seconds = generate(module, n, labels, sampler, int(cfg.seed), int(cfg.batch_size))
+    images, seconds = generate(
+        module, n, labels, sampler, int(cfg.seed), int(cfg.batch_size), cfg.get("guidance_scale")
+    )
     results: dict[str, Any] = {
         "ckpt_path": str(cfg.ckpt_path),
         "sampler": sampler,

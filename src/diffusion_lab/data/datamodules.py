@@ -71,6 +71,12 @@ class InMemoryDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         require(batch_size >= 1, f"data.batch_size must be >= 1, got {batch_size}")
+        # accepted for configs written before 0.2; the data is batched in memory, no workers
+        require(
+            num_workers == 0,
+            f"data.num_workers={num_workers} does nothing: {type(self).__name__} batches "
+            "in-memory tensors in the main process; remove the key",
+        )
         for name in attributes:
             require(
                 name in self.available_attributes,
@@ -80,7 +86,6 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.image_size, self.channels, self.num_classes = image_size, channels, num_classes
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
-        self.num_workers = num_workers
         self.seed = seed
         self.train_size, self.val_size = train_size, val_size
         self.attributes = tuple(attributes)

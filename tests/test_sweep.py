@@ -105,3 +105,16 @@ def test_optuna_search_runs_trials(tmp_path):
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna"
     assert best["best_value"] == pytest.approx(min(losses))
+
+
+def test_a_relaunching_ddp_trainer_in_a_sweep_is_refused_before_it_starts(tmp_path):
+    """Lightning's ddp starts its other processes by rerunning the command line; in a sweep
+    each would rerun the sweep. Refused in one line (Optuna's search config is a sweep too)."""
+    for args in (["-m", "seed=1,2"], ["hparams_search=optuna_val_loss"]):
+        res = run_module(
+            "train", *args, "trainer=ddp_cpu", "debug=fast", f"hydra.sweep.dir={tmp_path}"
+        )
+        assert res.returncode == 2, res.stderr[-2000:]
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith("error: trainer.strategy=ddp with trainer.devices=2 in a sweep")
+        assert not any(tmp_path.iterdir())

@@ -4,6 +4,7 @@ the command line checked first, user errors as one line and exit 2."""
 import difflib
 import functools
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -77,6 +78,23 @@ def _config_error(error: Exception, override: str, config_name: str) -> str:
     return f"{override}: " + "; ".join(lines)
 
 
+def _refuse_relaunching_ddp(cfg: DictConfig) -> None:
+    """Lightning's `ddp` strategy starts the other processes by running the command line again;
+    inside a sweep each of them would run the whole sweep. Under SLURM the tasks come from srun
+    instead, and `ddp_spawn` starts them from inside the job, so both are fine."""
+    from omegaconf import OmegaConf
+
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=False)
+    strategy, devices = str(trainer.get("strategy", "auto")), trainer.get("devices", 1)
+    from_slurm = "${hydra:launcher" in str(devices) or "SLURM_NTASKS" in os.environ
+    if strategy == "ddp" and str(devices) not in ("1", "auto") and not from_slurm:
+        raise UserError(
+            f"trainer.strategy=ddp with trainer.devices={devices} in a sweep (-m): each DDP "
+            "process would rerun the whole sweep; use trainer.strategy=ddp_spawn, or "
+            "hydra/launcher=slurm trainer=slurm, or run the jobs one by one without -m"
+        )
+
+
 def check_overrides(config_name: str, args: list[str]) -> None:
     """Compose the config from these command-line overrides before Hydra does, so that a typo in
     a key or a config choice is one line (UserError) rather than Hydra's multi-line report.
@@ -114,10 +132,15 @@ def check_overrides(config_name: str, args: list[str]) -> None:
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         for overrides, swept in variants:
             try:
-                compose(config_name=config_name, overrides=overrides)
+                cfg = compose(
+                    config_name=config_name, overrides=overrides, return_hydra_config=True
+                )
             except (HydraException, OmegaConfBaseException) as e:
                 culprit = swept or _culprit(e, overrides)
                 raise UserError(_config_error(e, culprit, config_name)) from None
+            multirun = bool({"-m", "--multirun"} & set(args)) or "MULTIRUN" in str(cfg.hydra.mode)
+            if multirun and "trainer" in cfg:
+                _refuse_relaunching_ddp(cfg)
 
 
 def hydra_entry(config_name: str) -> Callable[[Callable], Callable]:

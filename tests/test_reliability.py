@@ -151,18 +151,6 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_ddp_cpu_two_processes_one_run_directory(tmp_path):
-    run_dir = tmp_path / "ddp"
-    run_train(run_dir, *TINY_PATTERNS, "trainer=ddp_cpu", "data.batch_size=8", check=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
-    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert "last.ckpt" in ckpts and len(ckpts) == 2  # last + best, written once (rank zero)
-    assert (run_dir / "train_ddp_process_1.log").exists()  # rank 1 ran, in the same directory
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 3
-
-
-@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
     res = run_module(
         "train",

@@ -119,7 +119,8 @@ def inception_weights(
 
 class FeatureDistance:
     """FID and KID against a fixed real set: real features are computed once, then any number
-    of generated sets is scored (torchmetrics with reset_real_features=False)."""
+    of generated sets is scored (torchmetrics with reset_real_features=False). Scores are of
+    this process's images only (no sync across DDP processes: rank 0 evaluates alone)."""
 
     def __init__(
         self,
@@ -133,7 +134,9 @@ class FeatureDistance:
         self.batch_size = batch_size
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.feature = feature.to(self.device)
-        self.fid = FrechetInceptionDistance(feature=self.feature, reset_real_features=False)
+        self.fid = FrechetInceptionDistance(
+            feature=self.feature, reset_real_features=False, sync_on_compute=False
+        )
         self.fid.to(self.device)
         self.n_real = 0
         self._real_feats: list[Tensor] = []
@@ -171,6 +174,7 @@ class FeatureDistance:
                 feature=_Identity(self.feature.num_features),
                 subsets=self.kid_subsets,
                 subset_size=subset,
+                sync_on_compute=False,
             )
             kid.update(torch.cat(self._real_feats), real=True)
             kid.update(torch.cat(fake_feats), real=False)
@@ -190,11 +194,14 @@ class FeatureDistance:
         half = len(feats) // 2
         a, b = feats[:half], feats[half : 2 * half]
         identity = _Identity(self.feature.num_features)
-        fid = FrechetInceptionDistance(feature=identity)
+        fid = FrechetInceptionDistance(feature=identity, sync_on_compute=False)
         fid.update(a, real=True)
         fid.update(b, real=False)
         kid = KernelInceptionDistance(
-            feature=identity, subsets=self.kid_subsets, subset_size=min(self.kid_subset_size, half)
+            feature=identity,
+            subsets=self.kid_subsets,
+            subset_size=min(self.kid_subset_size, half),
+            sync_on_compute=False,
         )
         kid.update(a, real=True)
         kid.update(b, real=False)

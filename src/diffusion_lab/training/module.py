@@ -165,7 +165,9 @@ class DiffusionModule(pl.LightningModule):
         """True when the net takes the known image and the mask as extra input channels."""
         return bool(getattr(self.net.cond, "mask_channels", 0))
 
-    def cond_from_batch(self, batch: dict[str, Tensor], drop: bool) -> Cond | None:
+    def cond_from_batch(
+        self, batch: dict[str, Tensor], drop: bool, generator: torch.Generator | None = None
+    ) -> Cond | None:
         labels = batch["label"] if self.num_classes else None
         attrs = batch.get("attrs") if self.attribute_sizes else None
         mask = known = None
@@ -180,7 +182,8 @@ class DiffusionModule(pl.LightningModule):
             return None
         if drop and self.p_uncond > 0:
             # classifier-free guidance: train the unconditional branch via the null tokens
-            drop = torch.rand(len(batch["image"]), device=self.device) < self.p_uncond
+            u = torch.rand(len(batch["image"]), device=self.device, generator=generator)
+            drop = u < self.p_uncond
             return Cond(labels=labels, attrs=attrs, mask=mask, known=known).to_null(
                 self.num_classes, self.attribute_sizes, where=drop
             )
@@ -193,7 +196,7 @@ class DiffusionModule(pl.LightningModule):
 
     def _step(self, batch: dict[str, Tensor], stage: str, net: nn.Module, generator=None) -> Tensor:
         x0 = self._images(batch)
-        cond = self.cond_from_batch(batch, drop=stage == "train")
+        cond = self.cond_from_batch(batch, drop=stage == "train", generator=generator)
         # inpainting: by default only the pixels to fill count (mask: 1 = known)
         loss_mask = None
         if cond is not None and cond.mask is not None and self.inpaint_loss == "masked":
@@ -245,17 +248,33 @@ class DiffusionModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_buckets("val")
 
+    def step_generator(self, batch_idx: int) -> torch.Generator:
+        """The randomness of one training batch on one process (timesteps, noise, label
+        dropout), from (seed, step, batch, rank): every DDP rank draws its own, and a resumed
+        run draws what the uninterrupted one would have, whatever the global RNG state."""
+        seed = int((self.config or {}).get("seed") or 0)
+        key = [seed, self.global_step, batch_idx, self.global_rank]
+        state = int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0])
+        return torch.Generator(device=self.device).manual_seed(state & (2**63 - 1))
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._step(batch, "train", self.net)
-        if not torch.isfinite(loss):
+        loss = self._step(batch, "train", self.net, generator=self.step_generator(batch_idx))
+        finite = torch.isfinite(loss.detach())
+        if self.trainer.world_size > 1:  # every rank stops together, not only the one that saw it
+            finite = self.all_gather(finite).all()
+        if not finite:
             # stop before the optimizer step spreads it into the weights; checkpoints stay as they were
             raise UserError(
-                f"training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                f"training loss became {loss.item() if not torch.isfinite(loss) else 'nan on another process'} "
+                f"at step {self.global_step} (epoch {self.current_epoch}); "
                 "lower optimizer.lr, set trainer.gradient_clip_val, or use trainer.precision=32"
             )
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The EMA follows optimizer steps, not batches: with trainer.accumulate_grad_batches
+        it moves once per accumulated step."""
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update_parameters(self.net)
 

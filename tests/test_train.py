@@ -11,7 +11,7 @@ from pytorch_lightning.utilities._pytree import _tree_flatten
 from pytorch_lightning.utilities.model_summary import ModelSummary
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from diffusion_lab.app.build import build_module, load_module
+from diffusion_lab.app.build import build_datamodule, build_module, load_module
 from diffusion_lab.app.sample import sample
 from diffusion_lab.app.train import quiet_lightning, train
 from diffusion_lab.training.measure import forward_mflops
@@ -137,3 +137,37 @@ def test_lightnings_advert_and_internal_warnings_are_dropped():
     assert not any("litlogger" in m for m in messages)
     assert not [w for w in caught if "LeafSpec" in str(w.message)]
     assert not [w for w in caught if "model summary" in str(w.message)]
+
+
+def test_warmup_then_cosine_over_the_estimated_run_and_ema_per_optimizer_step(make_cfg):
+    """lr_warmup_steps ramps the rate linearly; cosine with T_max=null decays over the rest of
+    the run as the trainer estimates it from max_epochs; with gradient accumulation the EMA
+    moves once per optimizer step."""
+    cfg = make_cfg(
+        "lr_scheduler=cosine",
+        "lr_warmup_steps=2",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "+trainer.accumulate_grad_batches=2",
+    )
+    module = build_module(cfg)
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    datamodule = build_datamodule(cfg)
+    trainer = pl.Trainer(
+        **{k: v for k, v in cfg.trainer.items() if k in ("max_epochs", "limit_train_batches", "accumulate_grad_batches")},
+        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[Record()],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 4  # 8 batches, 2 per optimizer step
+    lr = cfg.optimizer.lr
+    per_step = seen[::2]  # the rate at each optimizer step
+    assert per_step[0] == pytest.approx(lr * 1e-3)  # warmup starts at 1/1000
+    assert per_step[2] == pytest.approx(lr)  # warmup done: cosine from the full rate
+    assert per_step[3] == pytest.approx(lr * 0.5)  # half-way through a 2-step cosine
+    assert int(module.ema.n_averaged) == 4  # once per optimizer step, not per batch

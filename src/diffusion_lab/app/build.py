@@ -61,8 +61,8 @@ def validate(cfg: DictConfig) -> None:
     t_max = OmegaConf.select(cfg, "lr_scheduler.T_max")
     require(
         t_max is None or (isinstance(t_max, int) and t_max >= 1),
-        f"lr_scheduler.T_max={t_max}: a cosine schedule decays over trainer.max_steps; "
-        "set trainer.max_steps to the run's number of optimizer steps",
+        f"lr_scheduler.T_max={t_max} must be a number of optimizer steps >= 1, or null for the "
+        "run's length",
     )
     for key in ("schedule.start", "schedule.end"):
         value = OmegaConf.select(cfg, key)
@@ -108,6 +108,7 @@ def build_module(cfg: DictConfig) -> DiffusionModule:
         compile=cfg.compile,
         config=OmegaConf.to_container(cfg, resolve=True),
         inpaint_loss=c.get("loss", "masked"),
+        lr_warmup_steps=cfg.get("lr_warmup_steps", 0),
     )
 
 

@@ -32,6 +32,7 @@ class TrainKeys:
     seed: int = 42
     ckpt_path: str | None = None
     ema_decay: float | None = 0.999
+    lr_warmup_steps: int = 0
     timestep_buckets: Any = 4  # a count or a list of edges (checked by the module)
     channels_last: bool = True
     compile: bool = False

@@ -1,6 +1,7 @@
 """The LightningModule: a denoiser + a GaussianDiffusion + the optimiser, EMA and sampling."""
 
 import contextlib
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import replace
@@ -62,8 +63,21 @@ class SelfConditioning:
         return tracked
 
 
-def bucket_edges(num_timesteps: int, buckets: int) -> list[int]:
-    return [round(i * num_timesteps / buckets) for i in range(buckets + 1)]
+def bucket_edges(num_timesteps: int, buckets: int | list[int] | tuple[int, ...]) -> list[int]:
+    """Timestep bucket edges [0, ..., T]: `buckets` equal ones, or the given edges (e.g. [0, 100,
+    200, 300]: t < 100, 100 <= t < 200, t >= 200 at T=300)."""
+    if isinstance(buckets, int):
+        require(buckets >= 1, f"timestep_buckets={buckets} must be >= 1 or a list of edges")
+        return [round(i * num_timesteps / buckets) for i in range(buckets + 1)]
+    edges = [int(e) for e in buckets]
+    require(
+        len(edges) >= 2
+        and edges[0] == 0
+        and edges[-1] == num_timesteps
+        and all(a < b for a, b in zip(edges, edges[1:])),
+        f"timestep_buckets={edges} must rise from 0 to schedule.timesteps={num_timesteps}",
+    )
+    return edges
 
 
 class BucketMeans(Metric):
@@ -102,11 +116,12 @@ class DiffusionModule(pl.LightningModule):
         p_uncond: float = 0.0,
         guidance_scale: float = 1.0,
         sampler: dict | None = None,
-        timestep_buckets: int = 4,
+        timestep_buckets: int | list[int] = 4,
         channels_last: bool = False,
         compile: bool = False,
         config: dict | None = None,
         inpaint_loss: str = "masked",
+        lr_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         require(
@@ -122,6 +137,8 @@ class DiffusionModule(pl.LightningModule):
         self.diffusion = diffusion
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        require(lr_warmup_steps >= 0, f"lr_warmup_steps={lr_warmup_steps} must be >= 0")
+        self.lr_warmup_steps = int(lr_warmup_steps)
         self.p_uncond = p_uncond
         self.guidance_scale = guidance_scale
         self.sampler = dict(sampler or {"name": "ddim", "steps": 50, "eta": 0.0})
@@ -285,14 +302,31 @@ class DiffusionModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.net.parameters())
-        if self.lr_scheduler_factory is None:
+        warmup = self.lr_warmup_steps
+        factory = self.lr_scheduler_factory
+        if factory is None and not warmup:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        if isinstance(factory, functools.partial) and factory.keywords.get("T_max", 0) is None:
+            # a cosine decay over the rest of the run, however its length was given
+            total = int(self.trainer.estimated_stepping_batches)
+            factory = functools.partial(factory, T_max=max(1, total - warmup))
+        scheduler = factory(optimizer=optimizer) if factory is not None else None
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            require(
+                not warmup,
+                "lr_warmup_steps with lr_scheduler=plateau: the plateau schedule cannot follow a "
+                "warmup; use lr_scheduler=cosine or none with the warmup",
+            )
             # it watches a metric that exists once per validation
             step_when = {"monitor": "val/loss", "interval": "epoch"}
-        else:  # schedules in steps (cosine: T_max = trainer.max_steps)
+        else:  # schedules in optimizer steps
             step_when = {"interval": "step"}
+            if warmup:  # linear from 1/1000 of the rate, then the schedule (or a constant rate)
+                ramp = torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, total_iters=warmup)
+                after = scheduler or torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, 0)
+                scheduler = torch.optim.lr_scheduler.SequentialLR(
+                    optimizer, [ramp, after], milestones=[warmup]
+                )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **step_when}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

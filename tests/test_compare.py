@@ -139,3 +139,26 @@ def test_evaluation_results_become_comparison_columns(multirun, tmp_path):
     assert runs["1"]["eval/fid"] == "—"
     assert number(runs["2"]["eval_ddim10/fid"]) == 30.25
     assert "eval/n_samples" not in runs["0"]  # bookkeeping, not a score
+
+
+def test_runs_that_differ_in_many_settings_get_short_names_and_a_settings_table(tmp_path):
+    """Runs outside a sweep (no .hydra/ overrides) that differ in many resolved settings: the
+    tables and plots name them config 1, 2, ...; one table spells the settings out."""
+    import warnings
+
+    for i, (lr, width, steps, t) in enumerate([(1e-3, 8, 10, 300), (3e-4, 16, 20, 1000)]):
+        run = tmp_path / f"run{i}"
+        run.mkdir()
+        (run / "config.yaml").write_text(
+            f"optimizer: {{lr: {lr}}}\nmodel: {{base: {width}, mults: [1, {i + 2}]}}\n"
+            f"sampler: {{steps: {steps}}}\nschedule: {{timesteps: {t}}}\nseed: 1\n"
+        )
+        (run / "metrics.json").write_text(json.dumps({"val/loss": 0.3 - 0.1 * i}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no matplotlib layout warnings either
+        md = compare([tmp_path / "run0", tmp_path / "run1"], tmp_path / "out").read_text()
+    groups = [row["group"] for row in table(md, "By configuration")]
+    assert groups == ["config 1", "config 2"]
+    settings = {row["group"]: row for row in table(md, "Configurations")}
+    assert settings["config 2"]["`optimizer.lr`"] == "0.0003"
+    assert settings["config 1"]["`schedule.timesteps`"] == "300"

@@ -205,6 +205,23 @@ def short_value(value: Any) -> str:
     return f"{number:.4g}" if len(text) > 8 and not text.isdigit() else text
 
 
+def short_group_names(
+    runs: Sequence[Run], groups: Sequence[str], keys: Sequence[str], max_chars: int = 48
+) -> dict[str, list[str]]:
+    """Where the group labels are too long to read in a table cell or under a bar (many
+    settings differ), rename the groups `config 1`, `config 2`, ... and return each new
+    name's values of `keys`, for a table that spells them out; {} when the labels are short."""
+    if len(keys) <= 3 and all(len(g) <= max_chars for g in groups):
+        return {}
+    names = {g: f"config {i + 1}" for i, g in enumerate(groups)}
+    values: dict[str, list[str]] = {}
+    for r in runs:
+        source = r.descriptor if all(x.descriptor for x in runs) else r.config
+        r.group = names[r.group]
+        values.setdefault(r.group, [short_value(source.get(k, "—")) for k in keys])
+    return values
+
+
 def assign_groups(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
     """Group labels in first-appearance order; each run's `group` is set."""
     labels: list[str] = []
@@ -475,6 +492,8 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path, metric: str | None
     out.mkdir(parents=True, exist_ok=True)
     keys = swept_keys(runs)
     groups = assign_groups(runs, keys)
+    settings = short_group_names(runs, groups, keys)
+    groups = list(settings) if settings else groups
     cols = columns(runs)
     ok = [r for r in runs if r.ok]
     metric = metric or next(
@@ -528,6 +547,15 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path, metric: str | None
         "",
         md_table(["group", "runs ok"] + [c.title for c in cols], grouped_rows),
         "",
+    ]
+    if settings:  # many differing settings: short names in the tables and plots, spelled out here
+        lines += [
+            "## Configurations",
+            "",
+            md_table(["group"] + [f"`{k}`" for k in keys], [[g, *v] for g, v in settings.items()]),
+            "",
+        ]
+    lines += [
         "## Runs",
         "",
         md_table(["run", "group", "seed", "status"] + [c.title for c in cols], run_rows),

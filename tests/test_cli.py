@@ -36,7 +36,10 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
             ["diffusion.timestep_sampling=lognormal"],
             "diffusion.timestep_sampling='lognormal' is not one of",
         ),
-        (["lr_scheduler=cosine"], "lr_scheduler.T_max=-1: a cosine schedule decays over"),
+        (
+            ["lr_scheduler=cosine", "lr_scheduler.T_max=0"],
+            "lr_scheduler.T_max=0 must be a number of",
+        ),
         (["trainer.val_check_interval=50"], "trainer.val_check_interval=50 is more than the"),
     ],
 )
@@ -55,7 +58,7 @@ def test_unknown_config_choice_from_the_command_line(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip() == (
         "error: model=unet9000: no such model config; "
-        "choose one of: attn_unet, basic_unet, efficient_unet, gelu_unet"
+        "choose one of: attn_unet, basic_unet, efficient_unet, gelu_unet, light_unet"
     )
     assert not any(tmp_path.iterdir())  # stopped before Hydra made the run directory
 

@@ -171,3 +171,18 @@ def test_warmup_then_cosine_over_the_estimated_run_and_ema_per_optimizer_step(ma
     assert per_step[2] == pytest.approx(lr)  # warmup done: cosine from the full rate
     assert per_step[3] == pytest.approx(lr * 0.5)  # half-way through a 2-step cosine
     assert int(module.ema.n_averaged) == 4  # once per optimizer step, not per batch
+
+
+def test_a_checkpoint_written_by_0_1_still_loads(make_cfg, tmp_path):
+    """0.1 called the basic/efficient U-Net CourseUNet and listed data.num_workers."""
+    cfg = make_cfg("trainer.max_epochs=1")
+    train(cfg)
+    ckpt_path = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["diffusion_lab_config"]["model"]["_target_"] = "diffusion_lab.models.CourseUNet"
+    ckpt["diffusion_lab_config"]["data"]["num_workers"] = 0
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    module, loaded = load_module(old)
+    assert loaded.model._target_ == "diffusion_lab.models.SimpleUNet"
+    assert module.generate(2, seed=0).shape[0] == 2

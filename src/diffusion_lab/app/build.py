@@ -1,6 +1,9 @@
 """Build data, model and LightningModule from a Hydra config; load checkpoints with clear errors."""
 
 import math
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +126,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     require(path.is_file(), f"ckpt_path={path}: no such file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain data only, so a crafted file cannot run code on load
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        names = re.findall(r"GLOBAL (\S+)", str(e))
+        raise UserError(
+            f"ckpt_path={path} holds more than tensors and plain data"
+            + (f" (it names {names[0]})" if names else "")
+            + "; refused, as unpickling it could run code"
+        ) from None
     except Exception as e:  # truncated zip, pickle garbage, ...
         raise UserError(
             f"ckpt_path={path} is not a readable checkpoint ({type(e).__name__})"
@@ -135,10 +148,33 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+# classes renamed since a checkpoint's config was written: old `_target_` -> new
+RENAMED_TARGETS = {
+    "diffusion_lab.models.CourseUNet": "diffusion_lab.models.SimpleUNet",
+    "diffusion_lab.training.inpaint.InpaintValidation": (
+        "diffusion_lab.training.inpaint_callback.InpaintValidation"
+    ),
+}
+
+
+def upgrade_config(cfg: DictConfig) -> DictConfig:
+    """A run config written by an earlier version, with renamed classes and keys brought up
+    to date, so that its checkpoint loads."""
+    with open_dict(cfg):
+        for key in ("model", "callbacks.inpaint_validation"):
+            node = OmegaConf.select(cfg, key)
+            if node is not None and node.get("_target_") in RENAMED_TARGETS:
+                node._target_ = RENAMED_TARGETS[node._target_]
+        data = cfg.get("data")
+        if data is not None and data.get("num_workers") == 0:
+            del data["num_workers"]  # 0.1 configs listed it; in-memory data takes no workers
+    return cfg
+
+
 def load_module(path: str | Path) -> tuple[DiffusionModule, DictConfig]:
     """Rebuild the LightningModule a checkpoint was trained with and load its weights."""
     ckpt = read_checkpoint(path)
-    cfg = OmegaConf.create(ckpt["diffusion_lab_config"])
+    cfg = upgrade_config(OmegaConf.create(ckpt["diffusion_lab_config"]))
     module = build_module(cfg)
     check_state_dict(module, ckpt["state_dict"], path)
     module.load_state_dict(ckpt["state_dict"])

@@ -36,6 +36,10 @@ def register_resolvers() -> None:
     """The resolvers the configs use; called wherever a config is composed or loaded."""
     OmegaConf.register_new_resolver(RESOLVER, default_cpu_precision, replace=True)
     OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+    # `${if_null:${output_dir},<default>}`: a command's own folder unless output_dir= names one
+    OmegaConf.register_new_resolver(
+        "if_null", lambda value, default: default if value is None else value, replace=True
+    )
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:

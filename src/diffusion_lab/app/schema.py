@@ -182,8 +182,9 @@ def check_targets(cfg: DictConfig, keys: tuple[str, ...]) -> None:
                     f"{name}._target_={sub._target_}: cannot import it (is its package installed "
                     "and on the path?)"
                 ) from None
-            # the model also gets the data shape and conditioning from build_net
-            skip = ("in_channels", "image_size", "num_classes", "attribute_sizes")
+            # the model also gets the data shape and conditioning from build_net; a cosine
+            # schedule's T_max (null: the run's length) is filled in by the module
+            skip = ("in_channels", "image_size", "num_classes", "attribute_sizes", "T_max")
             check_node(sub, name, target, str(sub._target_).rsplit(".", 1)[-1], skip)
 
 

@@ -8,7 +8,7 @@ from omegaconf import open_dict
 
 from diffusion_lab.app.build import build_module
 from diffusion_lab.app.train import train
-from diffusion_lab.diffusion import sample
+from diffusion_lab.diffusion import ImageNoise, sample
 from diffusion_lab.diffusion.guidance import bind
 from diffusion_lab.errors import UserError
 from diffusion_lab.models import Cond
@@ -64,7 +64,7 @@ def test_cfg_scale_zero_and_one_reproduce_unconditional_and_conditional(make_cfg
     net = module.sampling_net.eval()
 
     def plain(cond):  # the sampler called directly with one branch, same seed as generate()
-        g = torch.Generator().manual_seed(0)
+        g = ImageNoise(0, range(3))
         return sample(module.diffusion, bind(net, cond), (3, 3, 8, 8), generator=g, **opts).clamp(
             -1, 1
         )

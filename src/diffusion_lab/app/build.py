@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_lab.app.schema import check_train_config
 from diffusion_lab.data.datamodules import attribute_sizes
-from diffusion_lab.diffusion import GaussianDiffusion, make_betas
+from diffusion_lab.diffusion import GaussianDiffusion, diffusion_from_config
 from diffusion_lab.errors import UserError, require
+from diffusion_lab.models.contract import check_denoiser, denoiser_kwargs
 from diffusion_lab.training.module import DiffusionModule
 
 
@@ -73,24 +74,16 @@ def validate(cfg: DictConfig) -> None:
 
 
 def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
-    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
-    betas = make_betas(schedule.pop("name"), **schedule)
-    return GaussianDiffusion(betas, **OmegaConf.to_container(cfg.diffusion, resolve=True))
+    return diffusion_from_config(OmegaConf.to_container(cfg, resolve=True))
 
 
 def build_net(cfg: DictConfig) -> torch.nn.Module:
-    """The denoiser, wired to the data shape and the conditioning (one interface for all)."""
-    c = cfg.conditioning
-    return instantiate(
-        cfg.model,
-        "model",
-        in_channels=cfg.data.channels,
-        image_size=cfg.data.image_size,
-        num_classes=cfg.data.num_classes if c.use_labels else 0,
-        attribute_sizes=attribute_sizes(c.attributes),
-        mask_conditioning=bool(c.get("mask", False)),
-        self_condition=bool(cfg.diffusion.get("self_condition", False)),
-    )
+    """The denoiser, wired to the data shape and the conditioning (one interface for all),
+    checked against the denoiser contract (models/contract.py) before training starts."""
+    sizes = attribute_sizes(cfg.conditioning.attributes)
+    net = instantiate(cfg.model, "model", **denoiser_kwargs(cfg, sizes))
+    check_denoiser(net)
+    return net
 
 
 def build_module(cfg: DictConfig) -> DiffusionModule:

@@ -21,6 +21,7 @@ from diffusion_lab.app.config import command_output_dir
 from diffusion_lab.app.hydra_entry import hydra_entry, run_task
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.errors import require
+from diffusion_lab.files import atomic_write
 from diffusion_lab.hardware import pick_device
 from diffusion_lab.metrics import EVAL_SCALARS
 from diffusion_lab.metrics.classifier import SmallClassifier, accuracy, feature_classifier
@@ -38,6 +39,7 @@ from diffusion_lab.metrics.fid import (
     InceptionFeatures,
     inception_weights,
 )
+from diffusion_lab.sampling import sampler_options
 from diffusion_lab.training.callbacks import write_json
 
 log = logging.getLogger("diffusion_lab")
@@ -95,18 +97,18 @@ def generate(
     batch_size: int,
     guidance_scale: float | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """n samples in batches (seed + batch index); returns (images on CPU, seconds)."""
-    out = []
+    """n samples (image i's noise from (seed, i), whatever the batch size); returns (images on
+    CPU, seconds)."""
     t0 = time.perf_counter()
-    for b, i in enumerate(range(0, n, batch_size)):
-        lab = labels[i : i + batch_size] if labels is not None else None
-        m = min(batch_size, n - i)
-        out.append(
-            module.generate(
-                m, labels=lab, sampler=sampler, seed=seed + b, guidance_scale=guidance_scale
-            ).cpu()
-        )
-    return torch.cat(out), time.perf_counter() - t0
+    images = module.generate(
+        n,
+        labels=labels,
+        sampler=sampler,
+        seed=seed,
+        guidance_scale=guidance_scale,
+        batch_size=batch_size,
+    )
+    return images.cpu(), time.perf_counter() - t0
 
 
 def feature_network(
@@ -174,7 +176,7 @@ def write_topk(
         rank[idx[values[idx].argsort(descending=True)]] = torch.arange(len(idx))
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "clip_scores.csv"
-    with open(csv_path, "w", newline="") as f:
+    with atomic_write(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             ["index", "class", "class_name", "similarity"]
@@ -218,7 +220,8 @@ def write_topk(
     fig.suptitle(f"top {top_k} per class by {ranking_name(rank_by, scores.prompts)}", fontsize=9)
     fig.tight_layout()
     png = out_dir / "top_k.png"
-    fig.savefig(png, dpi=120)
+    with atomic_write(png) as f:  # a kill mid-write leaves no half file
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
     return {"top_k_png": str(png), "scores_csv": str(csv_path)}
 
@@ -329,7 +332,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module.to(device)
     run_dir = run_dir_for(cfg, cfg.ckpt_path)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else {}
-    sampler = {**module.sampler, **sampler}
+    sampler = sampler_options(module.sampler, sampler)
     k = module.num_classes
     if "accuracy" in metrics:
         require(
@@ -392,13 +395,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     tag = f"_{cfg.tag}" if cfg.get("tag") else ""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / f"eval{tag}.json", results)
-    (run_dir / f"eval{tag}.md").write_text(markdown(results))
+    with atomic_write(run_dir / f"eval{tag}.md", "w") as f:
+        f.write(markdown(results))
     scalars = {f"eval/{k}": float(results[k]) for k in EVAL_SCALARS if k in results}
     extra = {
         "eval.sampler": sampler.get("name"),
-        "eval.steps": sampler.get("steps")
-        if sampler.get("name") == "ddim"
-        else module.diffusion.num_timesteps,
+        "eval.steps": sampler.get("steps") or module.diffusion.num_timesteps,
         "eval.n_samples": n,
         "eval.features": cfg.fid.features,
     }
@@ -499,7 +501,10 @@ def clip_guide(cfg: DictConfig) -> dict[str, Any]:
         sl = slice(c * per, (c + 1) * per)
         rows += [plain[sl], guided[sl]]
     png = out / "clip_guided.png"
-    save_image((torch.cat(rows).float() + 1) / 2, png, nrow=per, padding=1, pad_value=1.0)
+    with atomic_write(png) as f:  # a kill mid-write leaves no half file
+        save_image(
+            (torch.cat(rows).float() + 1) / 2, f, format="png", nrow=per, padding=1, pad_value=1.0
+        )
     result = {
         "ckpt_path": str(cfg.ckpt_path),
         "prompt": str(g.prompt) if g.get("prompt") else "class prompt",

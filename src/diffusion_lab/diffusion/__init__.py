@@ -1,15 +1,36 @@
 """Diffusion math with no Lightning and no Hydra: usable from a notebook."""
 
-from diffusion_lab.diffusion.gaussian import GaussianDiffusion
-from diffusion_lab.diffusion.samplers import ddim_sample, ddpm_sample, sample
+from diffusion_lab.diffusion.gaussian import GaussianDiffusion, diffusion_from_config
+from diffusion_lab.diffusion.noise import ImageNoise, Noise, SequentialNoise
+from diffusion_lab.diffusion.samplers import (
+    SAMPLERS,
+    SPACINGS,
+    Sampler,
+    TimeGrid,
+    ddim_sample,
+    ddpm_sample,
+    make_sampler,
+    sample,
+    time_grid,
+)
 from diffusion_lab.diffusion.schedules import cosine_betas, linear_betas, make_betas
 
 __all__ = [
+    "SAMPLERS",
+    "SPACINGS",
     "GaussianDiffusion",
+    "ImageNoise",
+    "Noise",
+    "Sampler",
+    "SequentialNoise",
+    "TimeGrid",
     "cosine_betas",
     "ddim_sample",
     "ddpm_sample",
+    "diffusion_from_config",
     "linear_betas",
     "make_betas",
+    "make_sampler",
     "sample",
+    "time_grid",
 ]

@@ -4,7 +4,8 @@ Everything precomputed is a float32 buffer, so it follows the model to any devic
 float32 under autocast.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -98,6 +99,9 @@ class GaussianDiffusion(nn.Module):
             "posterior_log_var": torch.log(torch.cat([posterior_var[1:2], posterior_var[1:]])),
             "posterior_coef_x0": b * alpha_bar_prev.sqrt() / (1 - alpha_bar),
             "posterior_coef_xt": (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
+            # log of the noise level sigma_t = sqrt((1 - ab_t) / ab_t): fractional timesteps
+            # interpolate it (see alpha_bar_at)
+            "log_sigma": 0.5 * (torch.log1p(-alpha_bar) - torch.log(alpha_bar)),
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)
@@ -121,11 +125,39 @@ class GaussianDiffusion(nn.Module):
         )
 
     # ---- conversions between parametrisations ----------------------------------------------
+    def scales(self, t: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
+        """(sqrt(ab_t), sqrt(1 - ab_t)) shaped to broadcast against images of `ndim` dims.
+
+        Integer t reads the tables; fractional t (a Karras grid's) interpolates log sigma,
+        sigma^2 = (1 - ab) / ab, linearly between the neighbouring integers: the inverse of
+        how diffusers and k-diffusion turn a sigma into a timestep.
+        """
+        if not torch.is_floating_point(t):
+            return _gather(self.sqrt_alpha_bar, t, ndim), _gather(
+                self.sqrt_one_minus_alpha_bar, t, ndim
+            )
+        log_sigma = self.log_sigma_at(t).reshape(-1, *([1] * (ndim - 1)))
+        # both from log sigma: 1 - ab computed as 1 - (a float near 1) loses digits near t = 0
+        return torch.sigmoid(-2 * log_sigma).sqrt(), torch.sigmoid(2 * log_sigma).sqrt()
+
+    def log_sigma_at(self, t: Tensor) -> Tensor:
+        """log sigma_t at integer or fractional timesteps t in [0, T - 1]."""
+        if not torch.is_floating_point(t):
+            return self.log_sigma.gather(0, t)
+        t = t.float().clamp(0, self.num_timesteps - 1)
+        lo = t.floor().long().clamp(max=self.num_timesteps - 2)
+        return torch.lerp(self.log_sigma[lo], self.log_sigma[lo + 1], t - lo)
+
+    def alpha_bar_at(self, t: Tensor) -> Tensor:
+        """alpha_bar at integer or fractional timesteps (see `scales`)."""
+        if not torch.is_floating_point(t):
+            return self.alpha_bar.gather(0, t)
+        return torch.sigmoid(-2 * self.log_sigma_at(t))
+
     def split_prediction(self, out: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(predicted x0, predicted eps) from the network output; x0 optionally clipped to [-1, 1]."""
         out = out.float()
-        sa = _gather(self.sqrt_alpha_bar, t, x_t.ndim)
-        s1 = _gather(self.sqrt_one_minus_alpha_bar, t, x_t.ndim)
+        sa, s1 = self.scales(t, x_t.ndim)
         if self.objective == "eps":
             x0 = (x_t - s1 * out) / sa
         elif self.objective == "x0":
@@ -143,8 +175,7 @@ class GaussianDiffusion(nn.Module):
         """The network output (in this objective's parametrisation) that predicts `x0` at x_t."""
         if self.objective == "x0":
             return x0
-        sa = _gather(self.sqrt_alpha_bar, t, x_t.ndim)
-        s1 = _gather(self.sqrt_one_minus_alpha_bar, t, x_t.ndim)
+        sa, s1 = self.scales(t, x_t.ndim)
         eps = (x_t - sa * x0) / s1
         return eps if self.objective == "eps" else sa * eps - s1 * x0
 
@@ -216,3 +247,15 @@ class GaussianDiffusion(nn.Module):
             + _gather(self.posterior_coef_xt, t, x_t.ndim) * x_t
         )
         return mean, _gather(self.posterior_log_var, t, x_t.ndim)
+
+
+def diffusion_from_config(config: Mapping[str, Any]) -> GaussianDiffusion:
+    """The GaussianDiffusion of a run config (a plain dict, e.g. a checkpoint's
+    `diffusion_lab_config`): its `schedule` (name + the schedule's arguments) and `diffusion`
+    (GaussianDiffusion's keyword arguments) sections."""
+    from diffusion_lab.diffusion.schedules import make_betas
+
+    schedule = dict(config.get("schedule") or {})
+    require("name" in schedule, "schedule.name is missing from the config (linear or cosine)")
+    betas = make_betas(schedule.pop("name"), **schedule)
+    return GaussianDiffusion(betas, **dict(config.get("diffusion") or {}))

@@ -7,7 +7,7 @@ independently, the paper "resamples": it noises x_s forward again and repeats th
 step, so the model can harmonise the regions. With jump length j it goes back j steps at a
 time instead of one; every block of j steps is done `resamples` times in all.
 
-The steps run on a grid of timesteps (all T by default, or `steps` evenly spaced ones); a
+The steps run on a grid of timesteps (all T by default, or `steps` spaced as `spacing` says); a
 reverse step between grid points samples q(x_s | x_t, x0_pred), the DDPM posterior for a
 skip, and a forward jump samples q(x_t | x_s); on the full grid these are the paper's steps.
 """
@@ -18,7 +18,15 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.diffusion.gaussian import DenoiseFn, GaussianDiffusion
-from diffusion_lab.diffusion.samplers import StepCallback, ddim_timesteps
+from diffusion_lab.diffusion.noise import Noise, as_noise
+from diffusion_lab.diffusion.samplers import (
+    Sampler,
+    StepCallback,
+    TimeGrid,
+    _sigma_table,
+    _timestep,
+    time_grid,
+)
 from diffusion_lab.errors import require
 
 
@@ -45,8 +53,30 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, resamples: int = 10)
     return levels
 
 
-def _alpha_bar(diffusion: GaussianDiffusion, t: int) -> float:
-    return 1.0 if t < 0 else float(diffusion.alpha_bar[t])
+class RePaint(Sampler):
+    """RePaint on the sampler's time grid (`steps`, `spacing`), with `jump_length` and
+    `resamples` as in the paper. Needs the known image and the mask; without them
+    (mask all zero) it is ancestral sampling with resampling."""
+
+    name = "repaint"
+    settings = {"steps": 250, "spacing": "linspace", "jump_length": 10, "resamples": 10}
+    stochastic = True
+
+    def __init__(self, diffusion: GaussianDiffusion, **settings) -> None:
+        super().__init__(diffusion, **settings)
+        o = self.options
+        self.levels = repaint_schedule(len(self.grid), int(o["jump_length"]), int(o["resamples"]))
+
+    @property
+    def nfe(self) -> int:
+        return sum(1 for a, b in zip(self.levels[:-1], self.levels[1:]) if b > a)
+
+    def run(self, denoise, x, noise, callback=None, known=None, mask=None) -> Tensor:
+        if known is None or mask is None:
+            known, mask = torch.zeros_like(x), torch.zeros_like(x[:, :1])
+        return _repaint(
+            self.diffusion, denoise, known, mask, self.grid, self.levels, noise, callback, x
+        )
 
 
 def repaint_sample(
@@ -57,7 +87,7 @@ def repaint_sample(
     steps: int | None = None,
     jump_length: int = 10,
     resamples: int = 10,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Noise | None = None,
     callback: StepCallback | None = None,
     timesteps: Sequence[int] | None = None,
 ) -> Tensor:
@@ -66,38 +96,52 @@ def repaint_sample(
     `denoise(x_t, t)` is any network output in the diffusion's parametrisation (conditioning
     bound already). Returns x_0 with the known pixels equal to `known` exactly.
     """
-    T = diffusion.num_timesteps
-    ts = list(timesteps) if timesteps is not None else ddim_timesteps(T, steps or T)
-    grid = ts + [-1]  # level k has time grid[k]; the last level is the clean image
+    if timesteps is not None:
+        ts = list(timesteps)
+        table = _sigma_table(diffusion)
+        grid = TimeGrid(tuple(ts), tuple(float(table[t]) for t in ts) + (0.0,))
+    else:
+        grid = time_grid(diffusion, steps or diffusion.num_timesteps)
+    levels = repaint_schedule(len(grid), jump_length, resamples)
+    noise = as_noise(generator)
+    return _repaint(diffusion, denoise, known, mask, grid, levels, noise, callback, None)
+
+
+def _repaint(
+    diffusion: GaussianDiffusion,
+    denoise: DenoiseFn,
+    known: Tensor,
+    mask: Tensor,
+    grid: TimeGrid,
+    levels: list[int],
+    noise: Noise,
+    callback: StepCallback | None,
+    x: Tensor | None,
+) -> Tensor:
     device = known.device
     mask = mask.to(device=device, dtype=known.dtype).expand(-1, 1, -1, -1)
-    b = known.shape[0]
-
-    def randn() -> Tensor:
-        return torch.randn(known.shape, device=device, generator=generator, dtype=known.dtype)
-
-    x = randn()
-    levels = repaint_schedule(len(ts), jump_length, resamples)
+    if x is None:
+        x = noise(known)
     step = 0
     for here, there in zip(levels[:-1], levels[1:]):
-        t, s = grid[here], grid[there]
-        ab_t, ab_s = _alpha_bar(diffusion, t), _alpha_bar(diffusion, s)
+        ab_t, ab_s = grid.alpha_bar(here), grid.alpha_bar(there)
         if there < here:  # jump back: q(x_s | x_t) with s later than t in the forward process
             a = ab_s / ab_t
-            x = a**0.5 * x + (1 - a) ** 0.5 * randn()
+            x = a**0.5 * x + (1 - a) ** 0.5 * noise(x)
             continue
-        tt = torch.full((b,), t, device=device, dtype=torch.long)
-        x0, _ = diffusion.split_prediction(denoise(x, tt), x, tt)
+        t = grid.times[here]
+        x0, _ = diffusion.split_prediction(denoise(x, _timestep(t, x)), x, _timestep(t, x))
         # unknown region: the posterior q(x_s | x_t, x0) for a step from t to s
         a = ab_t / ab_s
-        coef_x0 = ab_s**0.5 * (1 - a) / (1 - ab_t)
-        coef_xt = a**0.5 * (1 - ab_s) / (1 - ab_t)
-        var = (1 - ab_s) / (1 - ab_t) * (1 - a)
+        var_t, var_s = grid.std(here) ** 2, grid.std(there) ** 2
+        coef_x0 = ab_s**0.5 * (1 - a) / var_t
+        coef_xt = a**0.5 * var_s / var_t
         unknown = coef_x0 * x0 + coef_xt * x
-        if s >= 0:
-            unknown = unknown + var**0.5 * randn()
-        # known region: the original, noised to level s (exactly the original at s = -1)
-        known_s = known if s < 0 else ab_s**0.5 * known + (1 - ab_s) ** 0.5 * randn()
+        clean = there == len(grid)
+        if not clean:
+            unknown = unknown + (var_s / var_t * (1 - a)) ** 0.5 * noise(x)
+        # known region: the original, noised to level s (exactly the original at the end)
+        known_s = known if clean else ab_s**0.5 * known + var_s**0.5 * noise(x)
         x = mask * known_s + (1 - mask) * unknown
         if callback is not None:
             callback(step, t, x, x0)

@@ -20,10 +20,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from diffusion_lab.diffusion import GaussianDiffusion, make_betas
-from diffusion_lab.diffusion.samplers import ddim_timesteps
+from diffusion_lab.diffusion import GaussianDiffusion, make_betas, make_sampler
 from diffusion_lab.errors import require
 from diffusion_lab.models.conditioning import Cond, sinusoidal_embedding
+from diffusion_lab.sampling import sampler_options
 
 if TYPE_CHECKING:
     from diffusion_lab.training.module import DiffusionModule
@@ -181,11 +181,9 @@ def time_embedding_figure(timesteps: int, dim: int) -> Figure:
 
 # ---- reverse process --------------------------------------------------------------------------
 def _sampler_steps(module: "DiffusionModule", sampler: dict | None) -> list[int]:
-    opts = {**module.sampler, **(sampler or {})}
-    T = module.diffusion.num_timesteps
-    if opts.get("name", "ddim") == "ddpm":
-        return list(reversed(range(T)))
-    return ddim_timesteps(T, int(opts.get("steps", 50)))
+    """The timestep of each sampler step (the callback is called once per step)."""
+    chosen = make_sampler(module.diffusion, sampler_options(module.sampler, sampler))
+    return [int(round(float(t))) for t in chosen.timesteps]
 
 
 def progression_frames(

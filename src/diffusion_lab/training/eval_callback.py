@@ -84,12 +84,13 @@ class EvaluateSamples(pl.Callback):
             self._setup(trainer, module)
         k = module.num_classes
         labels = torch.arange(self.n_samples) % k if k else None
-        images = []
-        for b, i in enumerate(range(0, self.n_samples, self.batch_size)):
-            lab = labels[i : i + self.batch_size] if labels is not None else None
-            m = min(self.batch_size, self.n_samples - i)
-            images.append(module.generate(m, labels=lab, sampler=self.sampler, seed=self.seed + b))
-        fake = torch.cat(images)
+        fake = module.generate(
+            self.n_samples,
+            labels=labels,
+            sampler=self.sampler,
+            seed=self.seed,
+            batch_size=self.batch_size,
+        )
         out: dict[str, float] = {}
         if self._distance is not None:
             scores = self._distance.score(

@@ -14,13 +14,18 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics import Metric
 
-from diffusion_lab.diffusion import GaussianDiffusion, sample
-from diffusion_lab.diffusion.gaussian import DenoiseFn
-from diffusion_lab.diffusion.guidance import bind, classifier_free, keep_known
-from diffusion_lab.diffusion.repaint import repaint_sample
+from diffusion_lab.diffusion import GaussianDiffusion
+from diffusion_lab.diffusion.guidance import bind
 from diffusion_lab.errors import UserError, require
-from diffusion_lab.hardware import cpu_has_fast_bf16
 from diffusion_lab.models import Cond
+from diffusion_lab.sampling import (
+    Guide,
+    StepCallback,
+    check_conditioning,
+    sampler_options,
+    sampling_autocast,
+)
+from diffusion_lab.sampling import generate as generate_samples
 from diffusion_lab.training.measure import one_image_input
 
 
@@ -39,28 +44,6 @@ def ema_with_warmup(decay: float) -> Callable:
                 e.copy_(p)
 
     return update
-
-
-class SelfConditioning:
-    """Sampling with a self-conditioned network (Chen et al. 2022): `feed` wraps the network
-    so that every call gets the x0 estimate `track` saw last (none before the first step), so
-    each reverse step refines the previous step's estimate. One holder serves both branches
-    of classifier-free guidance, which then see the guided estimate."""
-
-    def __init__(self, diffusion: GaussianDiffusion) -> None:
-        self.diffusion = diffusion
-        self.x0: Tensor | None = None
-
-    def feed(self, net: nn.Module) -> Callable[[Tensor, Tensor, Cond | None], Tensor]:
-        return lambda x, t, cond: net(x, t, replace(cond or Cond(), self_cond=self.x0))
-
-    def track(self, denoise: Callable[[Tensor, Tensor], Tensor]) -> Callable:
-        def tracked(x: Tensor, t: Tensor) -> Tensor:
-            out = denoise(x, t)
-            self.x0 = self.diffusion.split_prediction(out, x, t)[0].to(x.dtype)
-            return out
-
-        return tracked
 
 
 def bucket_edges(num_timesteps: int, buckets: int | list[int] | tuple[int, ...]) -> list[int]:
@@ -367,43 +350,12 @@ class DiffusionModule(pl.LightningModule):
     def check_cond(
         self, labels: Tensor | None, attrs: Tensor | None, guidance_scale: float
     ) -> None:
-        if labels is not None:
-            require(
-                self.num_classes > 0, "class=...: this model was trained without class conditioning"
-            )
-            bad = labels[(labels < 0) | (labels >= self.num_classes)]
-            require(
-                len(bad) == 0,
-                f"class={bad[0].item() if len(bad) else ''} is outside the trained range 0..{self.num_classes - 1}",
-            )
-        if attrs is not None:
-            require(
-                attrs.shape[1] == len(self.attribute_sizes),
-                f"got {attrs.shape[1]} attribute values; the model was trained with {len(self.attribute_sizes)}",
-            )
-            for i, size in enumerate(self.attribute_sizes):
-                require(
-                    bool(((attrs[:, i] >= 0) & (attrs[:, i] < size)).all()),
-                    f"attribute {i} must be in 0..{size - 1}",
-                )
-        if guidance_scale != 1.0:
-            require(
-                self.num_classes > 0 or len(self.attribute_sizes) > 0,
-                f"guidance_scale={guidance_scale}: classifier-free guidance needs a class- or "
-                "attribute-conditioned model (this one is unconditional)",
-            )
+        check_conditioning(self.sampling_net, labels, attrs, guidance_scale)
 
     def _sampling_autocast(self) -> contextlib.AbstractContextManager:
-        """The network under the run's mixed precision (the sampler math stays float32): on a
-        GPU 16-mixed or bf16-mixed; on the CPU bf16-mixed, where this CPU is fast at bf16 (a
-        checkpoint trained on an AMX machine samples in float32 on one without)."""
-        precision = str(((self.config or {}).get("trainer") or {}).get("precision", "32"))
-        bf16 = precision.startswith("bf16")
-        if "mixed" not in precision or (
-            self.device.type == "cpu" and not (bf16 and cpu_has_fast_bf16())
-        ):
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if bf16 else torch.float16)
+        """The network under the run's mixed precision (see sampling.sampling_autocast)."""
+        precision = ((self.config or {}).get("trainer") or {}).get("precision", "32")
+        return sampling_autocast(precision, self.device)
 
     def generate(
         self,
@@ -413,125 +365,29 @@ class DiffusionModule(pl.LightningModule):
         sampler: dict | None = None,
         guidance_scale: float | None = None,
         seed: int | None = 0,
-        callback: Callable | None = None,
+        callback: StepCallback | None = None,
         known: Tensor | None = None,
         mask: Tensor | None = None,
-        guide: Callable[[DenoiseFn], DenoiseFn] | None = None,
+        guide: Guide | None = None,
+        batch_size: int | None = None,
     ) -> Tensor:
-        """n images in [-1, 1] from the EMA network. Class/attribute conditioning if given.
-
-        Inpainting: pass `known` [n, C, H, W] in [-1, 1] and `mask` [n, 1, H, W] (1 = known).
-        A mask-conditioned model (conditioning=inpaint) samples with its configured sampler
-        (or `name: onepass`, its x0 prediction at t = T-1 from pure noise); any other model
-        uses RePaint. Known pixels go into every step's predicted x0 and are pasted back
-        exactly at the end. A mask-conditioned model asked for plain samples gets an
-        all-unknown mask.
-
-        `guide` wraps the (classifier-free guided) denoiser, e.g. with score guidance; the
-        sampler then runs under no_grad instead of inference_mode, so the guide can take
-        gradients.
-        """
-        w = self.guidance_scale if guidance_scale is None else guidance_scale
-        if labels is None and self.num_classes:
-            labels = torch.arange(n) % self.num_classes  # cycle through the classes
-        if attrs is None and self.attribute_sizes:
-            attrs = torch.zeros(n, len(self.attribute_sizes), dtype=torch.long)
-        self.check_cond(labels, attrs, w)
-        net = self.sampling_net
-        was_training = net.training
-        net.eval()
-        device = self.device
-        c, s = net.in_channels, net.image_size
-        if mask is not None or known is not None:
-            require(
-                mask is not None and known is not None,
-                "inpainting needs both known= and mask= (1 = known pixel)",
-            )
-            require(
-                tuple(known.shape) == (n, c, s, s) and tuple(mask.shape) == (n, 1, s, s),
-                f"inpainting: known must be [{n}, {c}, {s}, {s}] and mask [{n}, 1, {s}, {s}], "
-                f"got {tuple(known.shape)} and {tuple(mask.shape)}",
-            )
-            known, mask = known.to(device).float(), (mask.to(device) > 0.5).float()
-        elif self.mask_conditioned:
-            known = torch.zeros(n, c, s, s, device=device)
-            mask = torch.zeros(n, 1, s, s, device=device)
-        cond = Cond(
-            labels=labels.to(device) if labels is not None else None,
-            attrs=attrs.to(device) if attrs is not None else None,
-            mask=mask if self.mask_conditioned else None,
-            known=known if self.mask_conditioned else None,
+        """n images in [-1, 1] from the EMA network with the configured sampler, `sampler`
+        overriding its settings (a different `name` starts from that sampler's defaults).
+        See diffusion_lab.sampling.generate for the arguments."""
+        return generate_samples(
+            self.sampling_net,
+            self.diffusion,
+            n,
+            labels=labels,
+            attrs=attrs,
+            sampler=sampler_options(self.sampler, sampler),
+            guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
+            seed=seed,
+            callback=callback,
+            known=known,
+            mask=mask,
+            guide=guide,
+            batch_size=batch_size,
+            autocast=self._sampling_autocast,
+            channels_last=self.channels_last,
         )
-        # self-conditioning: every call sees the x0 the previous call predicted
-        estimate = SelfConditioning(self.diffusion) if self.diffusion.self_condition else None
-        model = net if estimate is None else estimate.feed(net)
-        if cond.labels is None and cond.attrs is None and cond.mask is None:
-            denoise = bind(model, None)
-        else:
-            null = cond.without_labels(self.num_classes)
-            if cond.attrs is not None:
-                null = replace(
-                    null,
-                    attrs=torch.tensor(self.attribute_sizes, device=device).expand_as(cond.attrs),
-                )
-            denoise = classifier_free(bind(model, cond), bind(model, null), w)
-        if guide is not None:
-            denoise = guide(denoise)
-        if self.channels_last:
-            inner = denoise
-            denoise = lambda x, t: inner(x.contiguous(memory_format=torch.channels_last), t)  # noqa: E731
-        if estimate is not None:
-            denoise = estimate.track(denoise)
-        g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        opts = {**self.sampler, **(sampler or {})}
-        name = opts.pop("name", "ddim")
-        if name == "repaint" and mask is None:  # plain sampling with RePaint's schedule
-            known = torch.zeros(n, c, s, s, device=device)
-            mask = torch.zeros(n, 1, s, s, device=device)
-        grad_mode = torch.no_grad() if guide is not None else torch.inference_mode()
-        try:
-            with grad_mode, self._sampling_autocast():
-                if mask is not None and (name == "repaint" or not self.mask_conditioned):
-                    # RePaint works with any model; an unconditional one has no other way to inpaint
-                    rp = {k: opts[k] for k in ("steps", "jump_length", "resamples") if k in opts}
-                    x = repaint_sample(
-                        self.diffusion, denoise, known, mask, generator=g, callback=callback, **rp
-                    )
-                elif name == "onepass":
-                    require(
-                        mask is not None,
-                        "sampler.name=onepass is for inpainting (known= and mask=) only",
-                    )
-                    passes = int(opts.get("passes", 1))
-                    require(
-                        passes == 1 or (passes > 1 and estimate is not None),
-                        f"sampler.passes={passes}: more than one pass refines the previous "
-                        "estimate, which needs a model trained with diffusion.self_condition=true",
-                    )
-                    t = torch.full((n,), self.diffusion.num_timesteps - 1, device=device)
-                    x_T = torch.randn(known.shape, device=device, generator=g)
-                    for _ in range(passes):  # each pass sees the previous pass's x0
-                        x, _ = self.diffusion.split_prediction(denoise(x_T, t), x_T, t)
-                else:
-                    opts = {
-                        k: v
-                        for k, v in opts.items()
-                        if k not in ("jump_length", "resamples", "passes")
-                    }
-                    if mask is not None:
-                        denoise = keep_known(self.diffusion, denoise, known, mask)
-                    x = sample(
-                        self.diffusion,
-                        denoise,
-                        (n, c, s, s),
-                        name=name,
-                        generator=g,
-                        callback=callback,
-                        **opts,
-                    )
-        finally:
-            net.train(was_training)
-        x = x.clamp(-1, 1)
-        if mask is not None:
-            x = mask * known + (1 - mask) * x  # the known pixels, exactly
-        return x

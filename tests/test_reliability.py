@@ -11,7 +11,7 @@ from diffusion_lab import hardware
 from diffusion_lab.app.build import build_module, load_module
 from diffusion_lab.app.hydra_entry import run_task
 from diffusion_lab.app.train import _chosen_for_this_cpu, train
-from diffusion_lab.training import module as training_module
+from diffusion_lab.sampling import core as sampling_core
 
 from .conftest import TINY_PATTERNS, compose_cfg, run_module
 
@@ -110,7 +110,7 @@ def test_bf16_mixed_trains_on_cpu_and_samples_under_bf16_autocast_where_bf16_is_
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     cases = [("bf16-mixed", True, [True]), ("bf16-mixed", False, [False]), ("32", True, [False])]
     for precision, fast_bf16, expected in cases:
-        monkeypatch.setattr(training_module, "cpu_has_fast_bf16", lambda fast=fast_bf16: fast)
+        monkeypatch.setattr(sampling_core, "cpu_has_fast_bf16", lambda fast=fast_bf16: fast)
         module = build_module(make_cfg(f"trainer.precision={precision}"))
         seen: list[bool] = []
         module.sampling_net.register_forward_pre_hook(

@@ -5,7 +5,9 @@ The YAML groups are the repository's top-level `conf/`, shipped inside the packa
 its package search path (`pkg://diffusion_lab.conf`) wherever the package is installed.
 """
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from importlib.resources import files
 from pathlib import Path
 
@@ -57,3 +59,19 @@ def command_output_dir(cfg: DictConfig) -> Path:
     out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def sampling_progress(what: str) -> Iterator[Callable[..., None]]:
+    """A Rich progress line (steps done, elapsed) for a long sampling call; yields the
+    per-step callback to hand to `generate`. Silent where stderr is not a terminal."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description} {task.completed} steps"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(what, total=None)
+        yield lambda *_: progress.advance(task)

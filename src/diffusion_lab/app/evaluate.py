@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.utils import save_image
 
 from diffusion_lab.app.build import build_datamodule, load_module
-from diffusion_lab.app.config import command_output_dir
+from diffusion_lab.app.config import command_output_dir, sampling_progress
 from diffusion_lab.app.hydra_entry import hydra_entry, run_task
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.errors import require
@@ -100,14 +100,16 @@ def generate(
     """n samples (image i's noise from (seed, i), whatever the batch size); returns (images on
     CPU, seconds)."""
     t0 = time.perf_counter()
-    images = module.generate(
-        n,
-        labels=labels,
-        sampler=sampler,
-        seed=seed,
-        guidance_scale=guidance_scale,
-        batch_size=batch_size,
-    )
+    with sampling_progress(f"Sampling {n} images") as step:
+        images = module.generate(
+            n,
+            labels=labels,
+            sampler=sampler,
+            seed=seed,
+            guidance_scale=guidance_scale,
+            batch_size=batch_size,
+            callback=step,
+        )
     return images.cpu(), time.perf_counter() - t0
 
 

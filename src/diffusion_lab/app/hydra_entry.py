@@ -24,7 +24,7 @@ from diffusion_lab.app.config import (
     register_resolvers,
 )
 from diffusion_lab.errors import UserError
-from diffusion_lab.host_memory import keep_freed_memory
+from diffusion_lab.host_memory import configure as configure_host_memory
 
 log = logging.getLogger("diffusion_lab")
 
@@ -218,6 +218,22 @@ def _remove_if_empty(cfg: DictConfig) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _host_memory(cfg: DictConfig) -> None:
+    """The kept heap on CPU runs (train: trainer.accelerator, sample/evaluate: device), unless
+    host_memory=false; read leniently here, the config check reports bad values."""
+    from omegaconf import OmegaConf
+
+    where = OmegaConf.select(
+        cfg, "trainer.accelerator", default=None, throw_on_resolution_failure=False
+    )
+    where = where or OmegaConf.select(
+        cfg, "device", default=None, throw_on_resolution_failure=False
+    )
+    line = configure_host_memory(cfg.get("host_memory", True), where)
+    if line:
+        log.info(line)
+
+
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
     """Run a task; return cfg.optimized_metric (for sweepers).
 
@@ -225,7 +241,7 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     metrics.json {"status": "failed", ...} in its directory and scored NaN, so the other jobs go
     on. In a single run a user error is one `error:` line and exit 2; a bug keeps its traceback.
     """
-    keep_freed_memory()
+    _host_memory(cfg)
     try:
         metrics = task(cfg)
     except Exception as e:

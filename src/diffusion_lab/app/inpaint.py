@@ -11,12 +11,13 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from diffusion_lab.app.build import build_datamodule, load_module
-from diffusion_lab.app.config import command_output_dir
+from diffusion_lab.app.config import command_output_dir, sampling_progress
 from diffusion_lab.data.datamodules import PatternDataModule
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.data.masks import MaskSpec, make_masks
 from diffusion_lab.data.patterns import FAMILIES
 from diffusion_lab.errors import require
+from diffusion_lab.files import atomic_write
 from diffusion_lab.hardware import pick_device
 from diffusion_lab.training.callbacks import write_json
 from diffusion_lab.training.inpaint_callback import mask_as_image, masked_input, panel_rows, score
@@ -94,24 +95,25 @@ def inpaint(cfg: DictConfig) -> dict[str, Any]:
     masks, kind_idx = make_masks(spec, n, size)
     masks = masks.float()
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else None
-    result = module.generate(
-        n,
-        labels=labels if module.num_classes else None,
-        known=images,
-        mask=masks,
-        sampler=sampler,
-        seed=int(cfg.seed),
-    ).cpu()
+    with sampling_progress("Inpainting") as step:
+        result = module.generate(
+            n,
+            labels=labels if module.num_classes else None,
+            known=images,
+            mask=masks,
+            sampler=sampler,
+            seed=int(cfg.seed),
+            callback=step,
+        ).cpu()
     out = command_output_dir(cfg)
     grid = panel_rows([images, masked_input(images, masks), mask_as_image(masks), result])
     for i, name in enumerate(names):
-        save_image(
-            grid[4 * i : 4 * i + 4], out / f"inpaint_{name}.png", nrow=4, padding=1, pad_value=1.0
-        )
-    save_image(grid, out / "inpaint_all.png", nrow=4, padding=1, pad_value=1.0)
-    torch.save(
-        {"original": images, "mask": masks, "result": result, "names": names}, out / "inpaint.pt"
-    )
+        with atomic_write(out / f"inpaint_{name}.png") as f:  # a kill leaves no half file
+            save_image(grid[4 * i : 4 * i + 4], f, format="png", nrow=4, padding=1, pad_value=1.0)
+    with atomic_write(out / "inpaint_all.png") as f:
+        save_image(grid, f, format="png", nrow=4, padding=1, pad_value=1.0)
+    with atomic_write(out / "inpaint.pt") as f:
+        torch.save({"original": images, "mask": masks, "result": result, "names": names}, f)
     metrics = score(
         result,
         images,

@@ -9,10 +9,11 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
 from diffusion_lab.app.build import load_module
-from diffusion_lab.app.config import command_output_dir
+from diffusion_lab.app.config import command_output_dir, sampling_progress
 from diffusion_lab.app.hydra_entry import hydra_entry, run_task
 from diffusion_lab.app.inpaint import inpaint
 from diffusion_lab.errors import require
+from diffusion_lab.files import atomic_write
 from diffusion_lab.hardware import pick_device
 
 log = logging.getLogger("diffusion_lab")
@@ -47,18 +48,24 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         count = len(labels) if labels is not None else n
         attrs = torch.tensor(values).long()[None].expand(count, -1)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else None
-    images = module.generate(
-        len(labels) if labels is not None else n,
-        labels=labels,
-        attrs=attrs,
-        sampler=sampler,
-        guidance_scale=cfg.get("guidance_scale"),
-        seed=cfg.seed,
-    )
+    with sampling_progress("Sampling") as step:
+        images = module.generate(
+            len(labels) if labels is not None else n,
+            labels=labels,
+            attrs=attrs,
+            sampler=sampler,
+            guidance_scale=cfg.get("guidance_scale"),
+            seed=cfg.seed,
+            callback=step,
+        )
     out = command_output_dir(cfg)
     png, pt = out / "samples.png", out / "samples.pt"
-    save_image((images.float().cpu() + 1) / 2, png, nrow=nrow, padding=1, pad_value=1.0)
-    torch.save({"images": images.cpu(), "labels": labels, "attrs": attrs}, pt)
+    with atomic_write(png) as f:  # a kill mid-write leaves no half file
+        save_image(
+            (images.float().cpu() + 1) / 2, f, format="png", nrow=nrow, padding=1, pad_value=1.0
+        )
+    with atomic_write(pt) as f:
+        torch.save({"images": images.cpu(), "labels": labels, "attrs": attrs}, f)
     log.info("Wrote %s and %s", png, pt)
     return {"png": str(png), "tensor": str(pt), "n": len(images)}
 

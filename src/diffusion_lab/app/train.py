@@ -2,6 +2,7 @@
 
 import logging
 import platform
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from diffusion_lab.app.build import (
     build_datamodule,
@@ -20,7 +22,12 @@ from diffusion_lab.app.build import (
 from diffusion_lab.app.config import RESOLVER
 from diffusion_lab.app.hydra_entry import hydra_entry, run_task
 from diffusion_lab.errors import UserError, require
-from diffusion_lab.training.callbacks import SampleGrid, Throughput, write_json
+from diffusion_lab.training.callbacks import (
+    CheckpointOnSigterm,
+    SampleGrid,
+    Throughput,
+    write_json,
+)
 from diffusion_lab.training.measure import forward_mflops
 
 log = logging.getLogger("diffusion_lab")
@@ -68,6 +75,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         require(
             path.is_file(), f"ckpt_path=last: no {path} (set hydra.run.dir to the run to resume)"
         )
+        read_checkpoint(path)  # a corrupt or crafted last.ckpt: one line, before any work
         return str(path)
     read_checkpoint(ckpt_path)  # a clear error for a missing or corrupt file, before any work
     return str(ckpt_path)
@@ -137,6 +145,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # Lightning stops the loop at a batch end after a SIGTERM
+        sigterm = next((c for c in callbacks if isinstance(c, CheckpointOnSigterm)), None)
+        saved = sigterm is not None and sigterm.saved_at is not None
+        log.warning(
+            "Stopped by SIGTERM at step %d: %s; resume with ckpt_path=last",
+            trainer.global_step,
+            "last.ckpt saved" if saved else "the previous last.ckpt stands",
+        )
+        raise SystemExit(128 + signal.SIGTERM) from None  # the shell's status for a SIGTERM
     except ValueError as e:
         if "val_check_interval" not in str(e):
             raise

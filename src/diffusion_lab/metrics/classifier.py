@@ -183,7 +183,7 @@ def feature_classifier(
     }
     path = Path(cache_dir) / "eval" / "feature_classifier.pt"
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("meta") == meta:
             model = SmallClassifier(meta["channels"], meta["image_size"], meta["num_classes"])
             model.load_state_dict(saved["state_dict"])

@@ -1,6 +1,11 @@
-"""Callbacks: fixed-seed sample grids, and throughput / run-summary bookkeeping."""
+"""Callbacks: fixed-seed sample grids, throughput / run-summary bookkeeping, checkpoints on
+SIGTERM."""
 
 import json
+import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +15,10 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torchvision.utils import make_grid, save_image
+
+from diffusion_lab.files import atomic_write
 
 
 def tensorboard(trainer: pl.Trainer):
@@ -24,7 +32,8 @@ def save_grid(trainer: pl.Trainer, images: torch.Tensor, nrow: int, path: Path, 
     """One image grid (values in [0, 1]) as a PNG and as a TensorBoard image."""
     path.parent.mkdir(parents=True, exist_ok=True)
     grid = make_grid(images, nrow=nrow, padding=1, pad_value=1.0)
-    save_image(grid, path)
+    with atomic_write(path) as f:
+        save_image(grid, f, format="png")
     tb = tensorboard(trainer)
     if tb is not None:
         tb.add_image(tag, grid, trainer.global_step)
@@ -99,10 +108,8 @@ class Throughput(pl.Callback):
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write via a temporary file and a rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True))
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -119,3 +126,64 @@ class StepCheckpoint(ModelCheckpoint):
         if batch_idx + 1 >= trainer.num_training_batches:
             return
         super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+
+
+class CheckpointOnSigterm(pl.Callback):
+    """On SIGTERM (preemption, `scancel`, `docker stop`, a time limit), last.ckpt at the next
+    training batch end, then the run stops (SIGTERMException) so that `ckpt_path=last` resumes.
+
+    Lightning's signal connector already catches SIGTERM, but then raises SIGTERMException
+    wherever the loop is next (mid-validation, an epoch's last batch) and saves nothing; this
+    callback's own handler only sets a flag, so the run goes on to the next batch end that
+    StepCheckpoint could save at (not an epoch's last batch: that checkpoint resumes with the
+    epoch counters one off), where a mid-epoch checkpoint resumes exactly.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False  # SIGTERM seen by this process
+        self.saved_at: int | None = None  # the global step of the SIGTERM checkpoint
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def on_train_start(self, trainer: pl.Trainer, module) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals: main thread only
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+    def _restore(self) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def on_train_end(self, trainer: pl.Trainer, module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, module, exception: BaseException) -> None:
+        self._restore()
+
+    @staticmethod
+    def last_path(trainer: pl.Trainer) -> str:
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath:
+                return os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
+        return os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module, outputs, batch, batch_idx: int
+    ) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # the end-of-epoch last.ckpt comes after validation; stop at the next batch
+        stop = self.requested
+        if trainer.world_size > 1:  # any rank's signal stops all (the save has a barrier)
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        path = self.last_path(trainer)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.save_last:
+                cb.last_model_path = path
+        self.saved_at = trainer.global_step
+        logging.getLogger("diffusion_lab").info("SIGTERM: saved %s at step %d", path, self.saved_at)
+        raise SIGTERMException  # Lightning's own stop: no end-of-training grids, no metrics.json

@@ -43,6 +43,7 @@ TINY_TRAINER = {
 TINY_MODELS = {
     "SimpleUNet": {"channels": [8, 16], "time_dim": 16},
     "GeluUNet": {"channels": [8, 16], "groups": 4, "time_dim": 16},
+    "LightUNet": {"channels": [8, 16], "groups": 4, "time_dim": 16},
     "AttnUNet": {"base": 8, "mults": [1, 2], "attn_resolutions": [8], "heads": 2, "groups": 4},
 }
 # the same settings as command-line overrides, for subprocess tests

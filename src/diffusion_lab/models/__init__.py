@@ -3,6 +3,7 @@
 from diffusion_lab.models.attn_unet import AttnUNet
 from diffusion_lab.models.conditioning import Cond, CondEmbedding
 from diffusion_lab.models.gelu_unet import GeluUNet
+from diffusion_lab.models.light_unet import LightUNet
 from diffusion_lab.models.simple_unet import SimpleUNet
 
-__all__ = ["AttnUNet", "Cond", "CondEmbedding", "SimpleUNet", "GeluUNet"]
+__all__ = ["AttnUNet", "Cond", "CondEmbedding", "SimpleUNet", "GeluUNet", "LightUNet"]

@@ -140,3 +140,15 @@ def test_every_experiment_composes_and_runs_a_fast_dev_run(
     metrics = train(cfg)
     assert metrics["global_step"] == 3 and metrics["val/loss"] > 0
     assert Path(cfg.paths.output_dir, "samples", "final.png").is_file()
+
+
+def test_guidance_without_label_dropout_is_an_error(make_cfg):
+    """conditioning=class trains no null token: guiding with it ruins the samples."""
+    module = build_module(make_cfg("conditioning=class", "data.image_size=8"))
+    with pytest.raises(
+        UserError, match=r"guidance_scale=3.0: this model was trained without label dropout"
+    ):
+        module.generate(1, guidance_scale=3.0)
+    assert (
+        module.generate(1, guidance_scale=1.0, sampler={"name": "ddim", "steps": 2}).shape[0] == 1
+    )

@@ -374,6 +374,15 @@ class DiffusionModule(pl.LightningModule):
         """n images in [-1, 1] from the EMA network with the configured sampler, `sampler`
         overriding its settings (a different `name` starts from that sampler's defaults).
         See diffusion_lab.sampling.generate for the arguments."""
+        w = self.guidance_scale if guidance_scale is None else guidance_scale
+        conditional = self.num_classes > 0 or len(self.attribute_sizes) > 0
+        if w != 1.0 and conditional and self.p_uncond == 0:
+            # the null token's embedding never trained: the "unconditional" branch is noise
+            raise UserError(
+                f"guidance_scale={w}: this model was trained without label dropout "
+                "(conditioning.p_uncond=0), so it has no unconditional branch to guide with; "
+                "use guidance_scale=1, or train with conditioning=class_cfg"
+            )
         return generate_samples(
             self.sampling_net,
             self.diffusion,
@@ -381,7 +390,7 @@ class DiffusionModule(pl.LightningModule):
             labels=labels,
             attrs=attrs,
             sampler=sampler_options(self.sampler, sampler),
-            guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
+            guidance_scale=w,
             seed=seed,
             callback=callback,
             known=known,

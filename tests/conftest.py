@@ -16,7 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED = Path(os.environ.get("DIFFUSION_LAB_SHARED", ROOT.parent / "shared")) / "datasets"
 
-torch.set_num_threads(2)
+# pytest -n 2 (pyproject's addopts): one thread per worker, and for the commands it starts
+_THREADS = max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
 
 # Everything in the suite is tiny: a few batches of 8-16 px images through 8-32 channel nets.
 TINY_TRAINER = {

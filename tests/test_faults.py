@@ -20,6 +20,7 @@ from diffusion_lab.app.hydra_entry import run_task
 from diffusion_lab.app.train import train
 from diffusion_lab.errors import UserError
 from diffusion_lab.files import atomic_write
+from diffusion_lab.sampling import DiffusionPipeline
 from diffusion_lab.training import checkpoint_io
 from diffusion_lab.training.export import export_safetensors
 
@@ -191,3 +192,9 @@ def test_training_exports_the_ema_weights_and_config_as_safetensors(make_cfg, tm
     assert load_file(again / "model.safetensors").keys() == weights.keys()
     with pytest.raises(UserError, match="no such file"):
         export_safetensors(tmp_path / "nope.ckpt", tmp_path / "x")
+    # the pipeline loads the folder as it loads the checkpoint: the same images
+    from_export = DiffusionPipeline.from_checkpoint(exported).sample(2, sampler={"steps": 2})
+    from_ckpt = DiffusionPipeline.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert torch.equal(from_export, from_ckpt.sample(2, sampler={"steps": 2}))
+    with pytest.raises(UserError, match="is not an export folder"):
+        DiffusionPipeline.from_checkpoint(tmp_path / "again" / "..")

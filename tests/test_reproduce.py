@@ -1,4 +1,4 @@
-"""Course set-ups as written (parameter counts, embedding layout, timestep buckets) and the
+"""The write-ups' set-ups as written (parameter counts, embedding layout, timestep buckets) and the
 `reproduce` command's verdicts."""
 
 import json
@@ -35,12 +35,12 @@ def test_parameter_counts_equal_the_write_ups(tmp_path, experiment, expected):
 
 
 def test_default_layout_is_unchanged():
-    # configs and checkpoints from before the course layout keep their shapes
+    # configs and checkpoints from before the write-up's layout keep their shapes
     efficient = SimpleUNet(1, 28, (24, 48, 96), 192, middle_conv=True)
     assert n_params(efficient) == 679_081
 
 
-def test_course_layout_keeps_the_image_size_with_a_2x2_first_conv():
+def test_the_write_up_layout_keeps_the_image_size_with_a_2x2_first_conv():
     net = SimpleUNet(1, 16, (8, 16), 16, True, stem_kernel=2, conv2_act=False, middle_act=False)
     x = torch.randn(2, 1, 16, 16)
     assert net(x, torch.tensor([0, 299])).shape == x.shape
@@ -69,7 +69,7 @@ def test_timestep_buckets_take_explicit_edges():
     assert metric.compute().tolist() == [2.0, 5.0, 7.0]
 
 
-def test_fashion_experiments_use_the_course_buckets_and_flips(tmp_path):
+def test_fashion_experiments_use_the_write_ups_buckets_and_flips(tmp_path):
     cfg = compose_cfg(tmp_path, ["experiment=fashion_mnist_efficient"], config_name="reproduce")
     assert list(cfg.timestep_buckets) == [0, 100, 200, 300]
     assert cfg.data.hflip is True and cfg.ema_decay is None

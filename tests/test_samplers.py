@@ -205,10 +205,13 @@ def test_images_do_not_depend_on_the_batch_size(name):
     opts = {"name": name, "steps": 4} if name != "repaint" else _sampler("repaint")
     one = generate(net, d, 8, sampler=opts, seed=5, guidance_scale=2.0)
     parts = generate(net, d, 8, sampler=opts, seed=5, guidance_scale=2.0, batch_size=3)
-    assert torch.equal(one, parts)
+    # the same noise; the network's kernels may sum in another order for another batch size
+    # (oneDNN on AVX2 CPUs), so the images agree to float rounding, not always bit for bit
+    torch.testing.assert_close(one, parts, atol=1e-5, rtol=0)
     assert not torch.allclose(one, generate(net, d, 8, sampler=opts, seed=6, guidance_scale=2.0))
     # image i is image i of a longer run too
-    assert torch.equal(generate(net, d, 3, sampler=opts, seed=5, guidance_scale=2.0), one[:3])
+    shorter = generate(net, d, 3, sampler=opts, seed=5, guidance_scale=2.0)
+    torch.testing.assert_close(shorter, one[:3], atol=1e-5, rtol=0)
 
 
 def test_image_noise_is_per_image():

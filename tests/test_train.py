@@ -186,3 +186,36 @@ def test_a_checkpoint_written_by_0_1_still_loads(make_cfg, tmp_path):
     module, loaded = load_module(old)
     assert loaded.model._target_ == "diffusion_lab.models.SimpleUNet"
     assert module.generate(2, seed=0).shape[0] == 2
+
+
+def test_monitor_drives_the_best_checkpoint_early_stopping_and_the_plateau_schedule(
+    make_cfg, tmp_path
+):
+    """monitor_mode=max on a falling val/loss: each validation that is not a new maximum halves
+    the rate (plateau, patience 0) and the run stops after the first one (patience 1); the best
+    checkpoint is the maximum."""
+    metrics = train(
+        make_cfg(
+            "monitor_mode=max",
+            "early_stopping_patience=1",
+            "lr_scheduler=plateau",
+            "lr_scheduler.patience=0",
+            "trainer.max_epochs=6",
+        )
+    )
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    val = [e.value for e in events.Scalars("val/loss")]
+    worse = [i for i in range(1, len(val)) if val[i] <= max(val[:i])]
+    epochs = worse[0] + 1 if worse else 6
+    assert len(val) == epochs == round(metrics["epochs"])
+    lrs = [e.value for e in events.Scalars("lr-Adam")]
+    expected = [1e-3 * 0.5 ** sum(i in worse for i in range(j)) for j in range(len(lrs))]
+    assert lrs == pytest.approx(expected)
+    (best,) = (tmp_path / "checkpoints").glob("epoch*.ckpt")
+    assert best.stem.endswith(f"val_loss{max(val):.4f}")
+
+
+def test_grids_of_several_validations_an_epoch_do_not_overwrite_each_other(make_cfg, tmp_path):
+    train(make_cfg("trainer.val_check_interval=1", "trainer.limit_val_batches=1"))
+    grids = sorted(p.name for p in (tmp_path / "samples").glob("epoch_*.png"))
+    assert grids == [f"epoch_001_step_00000{s}.png" for s in (1, 2, 3)]

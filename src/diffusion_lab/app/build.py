@@ -105,6 +105,7 @@ def build_module(cfg: DictConfig) -> DiffusionModule:
         config=OmegaConf.to_container(cfg, resolve=True),
         inpaint_loss=c.get("loss", "masked"),
         lr_warmup_steps=cfg.get("lr_warmup_steps", 0),
+        lr_monitor=cfg.get("monitor", "val/loss"),
     )
 
 

@@ -45,8 +45,8 @@ EPOCH_LOSSES = "epoch_losses.json"
 
 
 class EpochLosses(pl.Callback):
-    """Per-epoch mean of the training loss over the epoch's optimizer steps (the figure course
-    notebooks print as "Average MSE Loss"), plus the per-timestep-bucket means the module logs,
+    """Per-epoch mean of the training loss over the epoch's optimizer steps (the per-epoch
+    "average loss" the write-ups report), plus the per-timestep-bucket means the module logs,
     written to `path` after every epoch."""
 
     def __init__(self, path: str) -> None:

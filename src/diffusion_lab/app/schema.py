@@ -33,6 +33,9 @@ class TrainKeys:
     ckpt_path: str | None = None
     ema_decay: float | None = 0.999
     lr_warmup_steps: int = 0
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"  # min | max (checked in app.train)
+    early_stopping_patience: int | None = None
     timestep_buckets: Any = 4  # a count or a list of edges (checked by the module)
     channels_last: bool = True
     compile: bool = False

@@ -10,6 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from diffusion_lab.app.build import (
@@ -115,6 +116,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out)
 
     callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
+    mode, patience = cfg.get("monitor_mode", "min"), cfg.get("early_stopping_patience")
+    require(mode in ("min", "max"), f"monitor_mode={mode!r} is not one of ['min', 'max']")
+    if patience is not None:
+        require(patience >= 1, f"early_stopping_patience={patience} must be >= 1 or null (off)")
+        # strict=False: validations without the metric (eval/fid every N epochs) are skipped
+        callbacks.append(EarlyStopping(cfg.monitor, patience=patience, mode=mode, strict=False))
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     if throughput is None:
         throughput = Throughput()

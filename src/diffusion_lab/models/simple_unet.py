@@ -1,4 +1,4 @@
-"""The course's U-Net pair as one configurable class: "basic" and "efficient".
+"""A BatchNorm/ReLU U-Net pair as one configurable class: "basic" and "efficient".
 
 basic:     channels (64, 128, 256), time embedding 64, no middle conv  (3,712,257 params at 1 ch)
 efficient: channels (24, 48, 96), time embedding 192, middle 3x3 conv  (~0.68M params)
@@ -6,7 +6,7 @@ efficient: channels (24, 48, 96), time embedding 192, middle 3x3 conv  (~0.68M p
 Each level: conv3x3 -> ReLU -> BatchNorm -> + time projection -> conv3x3 -> ReLU -> BatchNorm,
 then a strided 4x4 conv (down) or a transposed 4x4 conv (up); skips are concatenated.
 
-The FashionMNIST course set-up differs in four details, each a constructor argument (defaults
+The FashionMNIST write-up's set-up (docs: Reproductions) differs in four details, each a constructor argument (defaults
 keep today's layout, and its checkpoints, unchanged):
   stem_kernel=2             the first conv is 2x2 with padding 1 (28 px -> 29 px; the stride-2
                             convs bring it back to 14 and 7), 120 fewer weights at 24 channels

@@ -38,6 +38,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def read_export(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(config, net weights) of an export folder; safetensors runs no code on load."""
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights, config = folder / "model.safetensors", folder / "config.json"
+    require(
+        weights.is_file() and config.is_file(),
+        f"{folder} is not an export folder: it needs model.safetensors and config.json",
+    )
+    return json.loads(config.read_text()), load_file(weights)
+
+
 def net_weights(state_dict: Mapping[str, Tensor], ema: bool = True) -> dict[str, Tensor]:
     """The denoiser's weights from a DiffusionModule state dict: the EMA copy when there is
     one (and `ema`), else the trained weights."""
@@ -134,10 +149,15 @@ class DiffusionPipeline:
     def from_checkpoint(
         cls, path: str | Path, device: torch.device | str = "cpu", ema: bool = True
     ) -> "DiffusionPipeline":
-        """Rebuild the net (EMA weights by default) and diffusion a checkpoint was trained with."""
-        ckpt = read_checkpoint(path)
-        config = ckpt["diffusion_lab_config"]
-        weights = net_weights(ckpt["state_dict"], ema)
+        """Rebuild the net (EMA weights by default) and diffusion a checkpoint was trained with.
+        `path` may also be an export folder (model.safetensors + config.json, written at the
+        end of training into <run>/export/): its weights are the EMA copy when there was one."""
+        if Path(path).is_dir():
+            config, weights = read_export(path)
+        else:
+            ckpt = read_checkpoint(path)
+            config = ckpt["diffusion_lab_config"]
+            weights = net_weights(ckpt["state_dict"], ema)
         attributes = list((config.get("conditioning") or {}).get("attributes") or [])
         net = build_denoiser(config, attribute_sizes_from_weights(weights, len(attributes)))
         try:

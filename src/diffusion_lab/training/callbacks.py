@@ -45,6 +45,16 @@ def due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     return not trainer.sanity_checking and every_n_epochs > 0 and epoch % every_n_epochs == 0
 
 
+def periodic_name(trainer: pl.Trainer, prefix: str) -> str:
+    """`<prefix>_003` for epoch 3; `<prefix>_003_step_000450` where validation runs several
+    times an epoch (val_check_interval), so one epoch's files do not overwrite each other."""
+    name = f"{prefix}_{trainer.current_epoch + 1:03d}"
+    every = trainer.val_check_batch
+    if isinstance(every, int) and every < trainer.num_training_batches:
+        name += f"_step_{trainer.global_step:06d}"
+    return name
+
+
 class SampleGrid(pl.Callback):
     """Samples a fixed-seed grid every `every_n_epochs` and at the end; PNG + TensorBoard image.
 
@@ -76,7 +86,7 @@ class SampleGrid(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module) -> None:
         if due(trainer, self.every_n_epochs):
-            self._save(trainer, module, f"epoch_{trainer.current_epoch + 1:03d}")
+            self._save(trainer, module, periodic_name(trainer, "epoch"))
 
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
         self._save(trainer, module, "final")

@@ -19,7 +19,7 @@ from diffusion_lab.metrics.inpainting import (
     masked_mse_psnr,
     masked_pixel_correct,
 )
-from diffusion_lab.training.callbacks import due, save_grid
+from diffusion_lab.training.callbacks import due, periodic_name, save_grid
 
 
 def masked_input(known: Tensor, mask: Tensor) -> Tensor:
@@ -162,9 +162,7 @@ class InpaintValidation(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module) -> None:
         if due(trainer, self.every_n_epochs):
-            self._run(
-                trainer, module, f"inpaint_epoch_{trainer.current_epoch + 1:03d}", log_metrics=True
-            )
+            self._run(trainer, module, periodic_name(trainer, "inpaint_epoch"), log_metrics=True)
 
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
         self._run(trainer, module, "inpaint_final", log_metrics=False)

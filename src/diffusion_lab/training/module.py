@@ -105,6 +105,7 @@ class DiffusionModule(pl.LightningModule):
         config: dict | None = None,
         inpaint_loss: str = "masked",
         lr_warmup_steps: int = 0,
+        lr_monitor: str = "val/loss",
     ) -> None:
         super().__init__()
         require(
@@ -122,6 +123,7 @@ class DiffusionModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         require(lr_warmup_steps >= 0, f"lr_warmup_steps={lr_warmup_steps} must be >= 0")
         self.lr_warmup_steps = int(lr_warmup_steps)
+        self.lr_monitor = lr_monitor  # the metric lr_scheduler=plateau steps on
         self.p_uncond = p_uncond
         self.guidance_scale = guidance_scale
         self.sampler = dict(sampler or {"name": "ddim", "steps": 50, "eta": 0.0})
@@ -300,8 +302,9 @@ class DiffusionModule(pl.LightningModule):
                 "lr_warmup_steps with lr_scheduler=plateau: the plateau schedule cannot follow a "
                 "warmup; use lr_scheduler=cosine or none with the warmup",
             )
-            # it watches a metric that exists once per validation
-            step_when = {"monitor": "val/loss", "interval": "epoch"}
+            # it watches a metric logged at validation; strict=False skips validations that
+            # lack it (eval/fid every N epochs)
+            step_when = {"monitor": self.lr_monitor, "interval": "epoch", "strict": False}
         else:  # schedules in optimizer steps
             step_when = {"interval": "step"}
             if warmup:  # linear from 1/1000 of the rate, then the schedule (or a constant rate)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_lab.app.schema import check_train_config
 from diffusion_lab.data.datamodules import attribute_sizes
-from diffusion_lab.diffusion import GaussianDiffusion, diffusion_from_config
+from diffusion_lab.diffusion import Diffusion, diffusion_from_config
 from diffusion_lab.errors import UserError, require
 from diffusion_lab.models.contract import check_denoiser, denoiser_kwargs
 from diffusion_lab.training.module import DiffusionModule
@@ -73,7 +73,7 @@ def validate(cfg: DictConfig) -> None:
         require(value is None or 0 < value < 1, f"{key}={value} must be in (0, 1)")
 
 
-def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
+def build_diffusion(cfg: DictConfig) -> Diffusion:
     return diffusion_from_config(OmegaConf.to_container(cfg, resolve=True))
 
 

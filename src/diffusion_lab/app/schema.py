@@ -20,7 +20,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
-from diffusion_lab.diffusion import GaussianDiffusion, schedules
+from diffusion_lab.diffusion import FORMULATIONS, EDMDiffusion, GaussianDiffusion, schedules
 from diffusion_lab.errors import UserError, require
 
 
@@ -191,10 +191,26 @@ def check_targets(cfg: DictConfig, keys: tuple[str, ...]) -> None:
             check_node(sub, name, target, str(sub._target_).rsplit(".", 1)[-1], skip)
 
 
+def check_diffusion(node: DictConfig) -> None:
+    """`diffusion.formulation` (ddpm when absent) names the class the other keys go to."""
+    formulation = node.get("formulation", "ddpm")
+    require(
+        formulation in FORMULATIONS,
+        f"diffusion.formulation={formulation!r} is not one of {list(FORMULATIONS)}",
+    )
+    if formulation == "edm":
+        # diffusion=edm selects the node with EDM's keys; diffusion.formulation=edm alone
+        # keeps DDPM's (objective, ...), which this names
+        what = "the edm diffusion (select it with diffusion=edm)"
+        check_node(node, "diffusion", EDMDiffusion, what, skip=("formulation",))
+    else:
+        check_node(node, "diffusion", GaussianDiffusion, "the diffusion", ("betas", "formulation"))
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Everything `train` reads, checked before any work."""
     check_top_level(cfg)
-    check_node(cfg.diffusion, "diffusion", GaussianDiffusion, "the diffusion", skip=("betas",))
+    check_diffusion(cfg.diffusion)
     schedule = cfg.schedule
     betas = getattr(schedules, f"{schedule.name}_betas", None)
     if betas is not None:

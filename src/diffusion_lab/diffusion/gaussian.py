@@ -5,12 +5,15 @@ float32 under autocast.
 """
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from diffusion_lab.errors import require
+
+if TYPE_CHECKING:
+    from diffusion_lab.diffusion.edm import EDMDiffusion
 
 OBJECTIVES = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min_snr")
@@ -39,6 +42,9 @@ class GaussianDiffusion(nn.Module):
     estimate for the same x_t (computed without gradient), so that at sampling time it can
     refine the previous step's estimate instead of starting from nothing at every step.
     """
+
+    formulation = "ddpm"
+    prior_std = 1.0  # sampling starts from x_T ~ N(0, I), as Ho et al. (2020)
 
     def __init__(
         self,
@@ -105,6 +111,15 @@ class GaussianDiffusion(nn.Module):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    def denoiser(self, net: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """The network as samplers call it, (x_t, t, cond) -> the objective's prediction: the
+        network itself (EDMDiffusion wraps it in its preconditioning here)."""
+        return net
 
     # ---- forward process -------------------------------------------------------------------
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
@@ -249,13 +264,23 @@ class GaussianDiffusion(nn.Module):
         return mean, _gather(self.posterior_log_var, t, x_t.ndim)
 
 
-def diffusion_from_config(config: Mapping[str, Any]) -> GaussianDiffusion:
-    """The GaussianDiffusion of a run config (a plain dict, e.g. a checkpoint's
-    `diffusion_lab_config`): its `schedule` (name + the schedule's arguments) and `diffusion`
-    (GaussianDiffusion's keyword arguments) sections."""
+def diffusion_from_config(config: Mapping[str, Any]) -> "GaussianDiffusion | EDMDiffusion":
+    """The diffusion of a run config (a plain dict, e.g. a checkpoint's `diffusion_lab_config`).
+    `diffusion.formulation` (ddpm when absent, as in configs before it existed) picks the
+    class; the rest of `diffusion` are its keyword arguments. DDPM also reads `schedule`
+    (name + the schedule's arguments); EDM has no schedule."""
+    from diffusion_lab.diffusion.edm import FORMULATIONS, EDMDiffusion
     from diffusion_lab.diffusion.schedules import make_betas
 
+    settings = dict(config.get("diffusion") or {})
+    formulation = settings.pop("formulation", "ddpm")
+    require(
+        formulation in FORMULATIONS,
+        f"diffusion.formulation={formulation!r} is not one of {list(FORMULATIONS)}",
+    )
+    if formulation == "edm":
+        return EDMDiffusion(**settings)
     schedule = dict(config.get("schedule") or {})
     require("name" in schedule, "schedule.name is missing from the config (linear or cosine)")
     betas = make_betas(schedule.pop("name"), **schedule)
-    return GaussianDiffusion(betas, **dict(config.get("diffusion") or {}))
+    return GaussianDiffusion(betas, **settings)

@@ -19,19 +19,32 @@ Time grids (`spacing`), as diffusers names them (Lin et al. 2024, Table 2):
   karras    Karras et al. (2022) eq. 5 with rho = 7: sigma_i = (sigma_max^(1/rho) +
             i / (N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho between sigma(T-1) and
             sigma(0); the network sees the fractional timestep whose log sigma that is.
+
+EDM models (diffusion.formulation=edm, `edm.EDMDiffusion`): the process is variance
+exploding, x = x0 + sigma eps, so a = 1 and s = sigma in every update below, and the same
+equations are Karras et al.'s (and k-diffusion's) as written. The grid is the karras one
+between diffusion.sigma_min and sigma_max, the time the denoiser gets is sigma itself (its
+preconditioning turns that into the network's input), and sampling starts from
+x_T = sigma_max eps. The ODE/SDE solvers (euler, heun, dpmpp_2m, dpmpp_2m_sde) and onepass
+take either formulation; ddpm, ddim and repaint step through DDPM's discrete alphas_cumprod
+and are DDPM-only.
 """
 
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from diffusion_lab.diffusion.edm import FORMULATIONS
 from diffusion_lab.diffusion.gaussian import DenoiseFn, GaussianDiffusion
 from diffusion_lab.diffusion.noise import Noise, as_noise
 from diffusion_lab.errors import UserError, require
+
+if TYPE_CHECKING:
+    from diffusion_lab.diffusion import Diffusion
 
 SPACINGS = ("linspace", "leading", "trailing", "karras")
 KARRAS_RHO = 7.0
@@ -88,29 +101,62 @@ class TimeGrid:
 
     times: N network timesteps, high to low (ints; floats on a karras grid).
     sigmas: the N noise levels sigma_t at `times`, then 0 (the clean image): N + 1 entries.
+    variance_preserving: False for an EDM model, whose x = x0 + sigma eps (a = 1, s = sigma).
     """
 
     times: tuple[float, ...]
     sigmas: tuple[float, ...]
+    variance_preserving: bool = True
 
     def __len__(self) -> int:
         return len(self.times)
 
     def alpha(self, i: int) -> float:
         """a = sqrt(ab) at grid point i (1 at the clean end, i = N)."""
+        if not self.variance_preserving:
+            return 1.0
         return 1.0 / math.sqrt(1.0 + self.sigmas[i] ** 2)
 
     def std(self, i: int) -> float:
         """s = sqrt(1 - ab) at grid point i (0 at the clean end)."""
+        if not self.variance_preserving:
+            return self.sigmas[i]
         return self.sigmas[i] / math.sqrt(1.0 + self.sigmas[i] ** 2)
 
     def alpha_bar(self, i: int) -> float:
+        if not self.variance_preserving:
+            return 1.0
         return 1.0 / (1.0 + self.sigmas[i] ** 2)
 
 
-def time_grid(diffusion: GaussianDiffusion, steps: int, spacing: str = "linspace") -> TimeGrid:
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int) -> list[float]:
+    """Karras et al. (2022) eq. 5 with rho = 7: `steps` noise levels from sigma_max down to
+    sigma_min, dense near sigma_min."""
+    lo, hi = sigma_min ** (1 / KARRAS_RHO), sigma_max ** (1 / KARRAS_RHO)
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64).tolist()
+    return [(hi + r * (lo - hi)) ** KARRAS_RHO for r in ramp]
+
+
+def _edm_grid(diffusion, steps: int, spacing: str) -> TimeGrid:
+    """An EDM model's grid: karras sigmas between its sigma_min and sigma_max, t = sigma."""
+    require(
+        spacing == "karras",
+        f"sampler.spacing={spacing!r}: an edm model samples on the karras grid between "
+        "diffusion.sigma_min and diffusion.sigma_max; choices: ['karras']",
+    )
+    require(
+        isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,
+        f"sampler.steps={steps} must be an integer >= 1",
+    )
+    sigmas = karras_sigmas(diffusion.sigma_min, diffusion.sigma_max, steps)
+    return TimeGrid(tuple(sigmas), tuple(sigmas) + (0.0,), variance_preserving=False)
+
+
+def time_grid(diffusion: "Diffusion", steps: int, spacing: str = "linspace") -> TimeGrid:
     """The grid of `steps` timesteps for `spacing` (see the module docstring)."""
     require(spacing in SPACINGS, f"sampler.spacing={spacing!r} is not one of {list(SPACINGS)}")
+    if diffusion.formulation == "edm":
+        return _edm_grid(diffusion, steps, spacing)
     T = diffusion.num_timesteps
     table = _sigma_table(diffusion)
     if spacing != "karras":
@@ -120,9 +166,7 @@ def time_grid(diffusion: GaussianDiffusion, steps: int, spacing: str = "linspace
         isinstance(steps, int) and 1 <= steps <= T,
         f"sampler.steps={steps} must be between 1 and schedule.timesteps={T}",
     )
-    lo, hi = float(table[0]) ** (1 / KARRAS_RHO), float(table[-1]) ** (1 / KARRAS_RHO)
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64).tolist()
-    sigmas = [(hi + r * (lo - hi)) ** KARRAS_RHO for r in ramp]
+    sigmas = karras_sigmas(float(table[0]), float(table[-1]), steps)
     log_table = table.log()
     return TimeGrid(tuple(sigma_to_t(s, log_table) for s in sigmas), tuple(sigmas) + (0.0,))
 
@@ -141,19 +185,25 @@ class Sampler:
     Subclasses set `name`, `settings` (config key -> default; `steps: None` means all T) and
     `step`. The settings are checked when the sampler is made (`make_sampler`), before any
     network call. `run` starts from x_T and calls `step` for every grid point.
+    `formulations`: the diffusion formulations it can sample (see the module docstring).
     """
 
     name: ClassVar[str]
     settings: ClassVar[dict[str, Any]] = {"steps": 50, "spacing": "linspace"}
     stochastic: ClassVar[bool] = False
     evals_per_step: ClassVar[int] = 1
+    formulations: ClassVar[tuple[str, ...]] = ("ddpm",)
 
-    def __init__(self, diffusion: GaussianDiffusion, **settings: Any) -> None:
+    def __init__(self, diffusion: "Diffusion", **settings: Any) -> None:
         self.diffusion = diffusion
-        self.options = {**self.settings, **settings}
+        defaults = dict(self.settings)
+        if diffusion.formulation == "edm" and "spacing" in defaults:
+            defaults["spacing"] = "karras"  # the only grid an EDM model has
+        self.options = {**defaults, **settings}
         steps = self.options.get("steps")
         if "steps" in self.settings:
-            steps = diffusion.num_timesteps if steps is None else steps
+            if steps is None and diffusion.formulation == "ddpm":
+                steps = diffusion.num_timesteps
             self.options["steps"] = steps
             self.grid = time_grid(diffusion, steps, self.options.get("spacing", "linspace"))
         self.reset()
@@ -259,6 +309,7 @@ class Euler(Sampler):
     """
 
     name = "euler"
+    formulations = FORMULATIONS
 
     def step(self, denoise: DenoiseFn, x: Tensor, i: int, noise: Noise) -> tuple[Tensor, Tensor]:
         g = self.grid
@@ -287,6 +338,7 @@ class Heun(Sampler):
 
     name = "heun"
     evals_per_step = 2
+    formulations = FORMULATIONS
 
     @property
     def nfe(self) -> int:
@@ -319,6 +371,7 @@ class DPMSolverPP2M(Sampler):
     """
 
     name = "dpmpp_2m"
+    formulations = FORMULATIONS
 
     def reset(self) -> None:
         self.prev: tuple[Tensor, float] | None = None  # (x0, h) of the previous step
@@ -368,26 +421,34 @@ class DPMSolverPP2MSDE(DPMSolverPP2M):
 
 class OnePass(Sampler):
     """Inpainting in `passes` network calls: the x0 a mask-conditioned model predicts at
-    t = T-1 from pure noise; with self-conditioning each further pass sees the previous x0."""
+    t = T-1 (EDM: sigma_max) from pure noise; with self-conditioning each further pass sees
+    the previous x0."""
 
     name = "onepass"
     settings = {"passes": 1}
+    formulations = FORMULATIONS
+
+    @property
+    def top(self) -> float:
+        """The noisiest time: T - 1, or sigma_max for an EDM model."""
+        d = self.diffusion
+        return d.sigma_max if d.formulation == "edm" else d.num_timesteps - 1
 
     @property
     def timesteps(self) -> list[float]:
-        return [self.diffusion.num_timesteps - 1] * int(self.options["passes"])
+        return [self.top] * int(self.options["passes"])
 
     @property
     def nfe(self) -> int:
         return int(self.options["passes"])
 
     def run(self, denoise, x, noise, callback=None) -> Tensor:
-        t = _timestep(self.diffusion.num_timesteps - 1, x)
+        t = _timestep(self.top, x)
         x0 = x
         for i in range(int(self.options["passes"])):
             x0, _ = self.diffusion.split_prediction(denoise(x, t), x, t)
             if callback is not None:
-                callback(i, int(t[0]), x0, x0)
+                callback(i, self.top, x0, x0)
         return x0
 
 
@@ -471,9 +532,24 @@ def sampler_settings(options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, out
 
 
-def make_sampler(diffusion: GaussianDiffusion, options: Mapping[str, Any] | None = None) -> Sampler:
+def check_formulation(diffusion: "Diffusion", name: str) -> None:
+    """Sampler `name` can sample this diffusion's formulation (one line naming the choices)."""
+    classes = sampler_classes()
+    require(name in classes, f"sampler.name={name!r} is not one of {list(classes)}")
+    formulation = diffusion.formulation
+    if formulation in classes[name].formulations:
+        return
+    choices = [n for n, c in classes.items() if formulation in c.formulations]
+    raise UserError(
+        f"sampler.name={name} is DDPM-only (it steps through the discrete alphas_cumprod); a "
+        f"diffusion.formulation={formulation} model samples with one of {choices}"
+    )
+
+
+def make_sampler(diffusion: "Diffusion", options: Mapping[str, Any] | None = None) -> Sampler:
     """The sampler a `sampler` config names (`name` plus its settings), checked before use."""
     name, settings = sampler_settings(options or {})
+    check_formulation(diffusion, name)
     return sampler_classes()[name](diffusion, **settings)
 
 
@@ -481,12 +557,12 @@ def make_sampler(diffusion: GaussianDiffusion, options: Mapping[str, Any] | None
 def _start(diffusion, shape, noise, x_T) -> Tensor:
     if x_T is not None:
         return x_T
-    like = torch.empty(tuple(shape), device=diffusion.betas.device)
-    return noise(like)
+    like = torch.empty(tuple(shape), device=diffusion.device)
+    return diffusion.prior_std * noise(like)
 
 
 def sample(
-    diffusion: GaussianDiffusion,
+    diffusion: "Diffusion",
     denoise: DenoiseFn,
     shape: Sequence[int],
     name: str = "ddim",

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffusion_lab.diffusion import GaussianDiffusion
+from diffusion_lab.diffusion import Diffusion
 from diffusion_lab.diffusion.gaussian import DenoiseFn
 from diffusion_lab.diffusion.guidance import bind, classifier_free, keep_known
 from diffusion_lab.diffusion.noise import ImageNoise
@@ -32,7 +32,7 @@ class SelfConditioning:
     each reverse step refines the previous step's estimate. One holder serves both branches
     of classifier-free guidance, which then see the guided estimate."""
 
-    def __init__(self, diffusion: GaussianDiffusion) -> None:
+    def __init__(self, diffusion: Diffusion) -> None:
         self.diffusion = diffusion
         self.x0: Tensor | None = None
 
@@ -106,7 +106,7 @@ def check_conditioning(
 
 def plan(
     net: nn.Module,
-    diffusion: GaussianDiffusion,
+    diffusion: Diffusion,
     sampler: Mapping[str, Any] | None,
     inpainting: bool,
 ) -> Sampler:
@@ -129,6 +129,11 @@ def plan(
             "which needs a model trained with diffusion.self_condition=true",
         )
     if inpainting and not mask_conditioned and not isinstance(chosen, RePaint):
+        require(
+            diffusion.formulation == "ddpm",
+            "inpainting with a diffusion.formulation=edm model needs a mask-conditioned model "
+            "(conditioning=inpaint): a plain model inpaints through RePaint, which is DDPM-only",
+        )
         grid = getattr(chosen, "grid", None)
         steps = len(grid) if grid is not None else diffusion.num_timesteps
         spacing = chosen.options.get("spacing", "linspace")
@@ -138,11 +143,13 @@ def plan(
 
 def _conditioned_denoiser(
     net: nn.Module,
+    diffusion: Diffusion,
     cond: Cond,
     guidance_scale: float,
     estimate: SelfConditioning | None,
 ) -> DenoiseFn:
-    model = net if estimate is None else estimate.feed(net)
+    # EDM: the network inside its preconditioning, so guidance and inpainting see D(x; sigma)
+    model = diffusion.denoiser(net if estimate is None else estimate.feed(net))
     if cond.labels is None and cond.attrs is None and cond.mask is None:
         return bind(model, None)
     null = cond.to_null(net.cond.num_classes, tuple(net.cond.attribute_sizes))
@@ -155,7 +162,7 @@ def _in_channels_last(denoise: DenoiseFn) -> DenoiseFn:
 
 def generate(
     net: nn.Module,
-    diffusion: GaussianDiffusion,
+    diffusion: Diffusion,
     n: int,
     *,
     labels: Tensor | None = None,
@@ -238,14 +245,14 @@ def generate(
                 m = part.stop - part.start
                 noise = ImageNoise(seed, range(part.start, part.stop), device)
                 estimate = SelfConditioning(diffusion) if diffusion.self_condition else None
-                denoise = _conditioned_denoiser(net, cond, guidance_scale, estimate)
+                denoise = _conditioned_denoiser(net, diffusion, cond, guidance_scale, estimate)
                 if guide is not None:
                     denoise = guide(denoise)
                 if channels_last:
                     denoise = _in_channels_last(denoise)
                 if estimate is not None:
                     denoise = estimate.track(denoise)
-                x_T = noise(torch.empty(m, c, s, s, device=device))
+                x_T = diffusion.prior_std * noise(torch.empty(m, c, s, s, device=device))
                 if isinstance(chosen, RePaint):
                     x = chosen.run(
                         denoise, x_T, noise, callback, known=known[part], mask=mask[part]

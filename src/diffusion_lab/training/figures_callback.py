@@ -70,6 +70,10 @@ class AnalysisFigures(pl.Callback):
         )
 
         start = time.perf_counter()
+        if module.diffusion.formulation != "ddpm":
+            # the forward-process, time-embedding and triplet figures read DDPM's timestep tables
+            log.warning("AnalysisFigures: DDPM-only figures; skipped for diffusion.formulation=edm")
+            return
         if not self._data(trainer):
             log.warning("AnalysisFigures: no in-memory data module; skipping the figures")
             return

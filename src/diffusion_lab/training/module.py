@@ -1,4 +1,5 @@
-"""The LightningModule: a denoiser + a GaussianDiffusion + the optimiser, EMA and sampling."""
+"""The LightningModule: a denoiser + a diffusion (DDPM's GaussianDiffusion or EDMDiffusion) +
+the optimiser, EMA and sampling."""
 
 import contextlib
 import functools
@@ -14,8 +15,9 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics import Metric
 
-from diffusion_lab.diffusion import GaussianDiffusion
+from diffusion_lab.diffusion import Diffusion
 from diffusion_lab.diffusion.guidance import bind
+from diffusion_lab.diffusion.samplers import check_formulation
 from diffusion_lab.errors import UserError, require
 from diffusion_lab.models import Cond
 from diffusion_lab.sampling import (
@@ -63,14 +65,32 @@ def bucket_edges(num_timesteps: int, buckets: int | list[int] | tuple[int, ...])
     return edges
 
 
+def loss_buckets(
+    diffusion: Diffusion, buckets: int | list[int] | tuple[int, ...]
+) -> tuple[list[float], list[str]]:
+    """(edges, metric names) of the per-bucket losses: timestep buckets for DDPM; for EDM,
+    which has no timesteps, noise-level buckets that each hold an equal share of its
+    log-normal sigma draws (named by their sigma range)."""
+    if diffusion.formulation == "ddpm":
+        edges = bucket_edges(diffusion.num_timesteps, buckets)
+        return edges, [f"loss_t{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:])]
+    require(
+        isinstance(buckets, int) and not isinstance(buckets, bool) and buckets >= 1,
+        f"timestep_buckets={buckets}: diffusion.formulation=edm has no timesteps; give a number "
+        "of buckets (>= 1), each an equal share of its noise levels",
+    )
+    edges = diffusion.sigma_bucket_edges(buckets)
+    return edges, [f"loss_sigma{lo:.3g}-{hi:.3g}" for lo, hi in zip(edges, edges[1:])]
+
+
 class BucketMeans(Metric):
-    """Mean loss per timestep bucket [edges[i], edges[i+1]) over an epoch: one update per step
+    """Mean loss per timestep (EDM: sigma) bucket [edges[i], edges[i+1]) over an epoch: one update per step
     and one log per epoch (a `self.log` per bucket and step cost ~1 ms each, 3% of a CPU step).
     An empty bucket's mean is nan."""
 
     full_state_update = False
 
-    def __init__(self, edges: list[int]) -> None:
+    def __init__(self, edges: list[int] | list[float]) -> None:
         super().__init__()
         self.register_buffer("inner_edges", torch.tensor(edges[1:-1]), persistent=False)
         n = len(edges) - 1
@@ -92,7 +112,7 @@ class DiffusionModule(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        diffusion: GaussianDiffusion,
+        diffusion: Diffusion,
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[..., Any] | None = None,
         ema_decay: float | None = 0.999,
@@ -127,10 +147,12 @@ class DiffusionModule(pl.LightningModule):
         self.p_uncond = p_uncond
         self.guidance_scale = guidance_scale
         self.sampler = dict(sampler or {"name": "ddim", "steps": 50, "eta": 0.0})
+        # before training, not at the first sample grid: e.g. an edm run with train.yaml's ddim
+        check_formulation(diffusion, self.sampler.get("name", "ddim"))
         self.channels_last = channels_last
         self.inpaint_loss = inpaint_loss
         self.config = config  # the resolved run config, stored in every checkpoint
-        self.edges = bucket_edges(diffusion.num_timesteps, timestep_buckets)
+        self.edges, self.bucket_names = loss_buckets(diffusion, timestep_buckets)
         # keys are not "train"/"val": nn.Module has a train() method
         self.bucket_loss = nn.ModuleDict(
             {f"{stage}_buckets": BucketMeans(self.edges) for stage in ("train", "val")}
@@ -225,7 +247,7 @@ class DiffusionModule(pl.LightningModule):
             batch_size=len(x0),
             sync_dist=sync,
         )
-        # loss per timestep bucket: no host sync here, logged once per epoch
+        # loss per timestep (EDM: sigma) bucket: no host sync here, logged once per epoch
         self.bucket_loss[f"{stage}_buckets"].update(losses.detach(), t)
         return loss
 
@@ -237,10 +259,7 @@ class DiffusionModule(pl.LightningModule):
         metric.reset()
         # sync_dist: the values already agree across ranks; it keeps Lightning's DDP check quiet
         self.log_dict(
-            {
-                f"{stage}/loss_t{lo}-{hi - 1}": m
-                for lo, hi, m in zip(self.edges, self.edges[1:], means)
-            },
+            {f"{stage}/{name}": m for name, m in zip(self.bucket_names, means)},
             sync_dist=True,
         )
 

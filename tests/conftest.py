@@ -17,8 +17,13 @@ CONF = ROOT / "conf"
 SHARED = Path(os.environ.get("DIFFUSION_LAB_SHARED", ROOT.parent / "shared")) / "datasets"
 
 # pytest -n 2 (pyproject's addopts): one thread per worker, and for the commands it starts
-_THREADS = max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+# (a command that imports this file, e.g. for a test callback, keeps the threads it was given)
+_THREADS = int(
+    os.environ.get("OMP_NUM_THREADS")
+    or max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+)
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # both, as torch.set_num_threads sets both
+    os.environ.setdefault(_var, str(_THREADS))
 torch.set_num_threads(_THREADS)
 
 # Everything in the suite is tiny: a few batches of 8-16 px images through 8-32 channel nets.

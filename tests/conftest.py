@@ -171,3 +171,22 @@ def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.Comple
         cwd=ROOT,
         timeout=timeout,
     )
+
+
+# the longest files first: xdist hands files to the two workers in this order, so the long
+# ones do not start last and leave one worker idle at the end
+LONGEST_FIRST = (
+    "test_readme_commands.py",
+    "test_reliability.py",
+    "test_faults.py",
+    "test_custom_model.py",
+    "test_sweep.py",
+    "test_ddp.py",
+    "test_compare.py",
+    "test_benchmarks.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -48,21 +48,23 @@ class _PatchUp(nn.Module):
         return rearrange(self.proj(x), "b (c p1 p2) h w -> b c (h p1) (w p2)", p1=2, p2=2)
 
 
-class GeluUNet(nn.Module):
+class GroupNormGeluStem(nn.Module):
+    """What the GroupNorm/GELU U-Nets share: the width checks, the condition embedding, the
+    time MLP and the input conv. `stem(x, t, cond)` gives the first features and the embedding."""
+
     def __init__(
         self,
-        in_channels: int = 1,
-        image_size: int = 28,
-        channels: tuple[int, ...] | list[int] = (32, 64, 128),
-        groups: int = 8,
-        time_dim: int = 128,
-        num_classes: int = 0,
-        attribute_sizes: tuple[int, ...] | list[int] = (),
-        mask_conditioning: bool = False,
-        self_condition: bool = False,
+        in_channels: int,
+        image_size: int,
+        channels: tuple[int, ...],
+        groups: int,
+        time_dim: int,
+        num_classes: int,
+        attribute_sizes: tuple[int, ...] | list[int],
+        mask_conditioning: bool,
+        self_condition: bool,
     ) -> None:
         super().__init__()
-        channels = tuple(channels)
         check_image_size(image_size, len(channels) - 1)
         for c in channels:
             require(
@@ -77,6 +79,32 @@ class GeluUNet(nn.Module):
             nn.Linear(time_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)
         )
         self.conv_in = nn.Conv2d(in_channels + self.cond.extra_channels, channels[0], 3, padding=1)
+
+    def stem(self, x: Tensor, t: Tensor, cond: Cond | None) -> tuple[Tensor, Tensor]:
+        emb = self.cond.add_to(
+            self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype)), cond
+        )
+        return self.conv_in(self.cond.extra_input(x, cond)), emb
+
+
+class GeluUNet(GroupNormGeluStem):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        channels: tuple[int, ...] | list[int] = (32, 64, 128),
+        groups: int = 8,
+        time_dim: int = 128,
+        num_classes: int = 0,
+        attribute_sizes: tuple[int, ...] | list[int] = (),
+        mask_conditioning: bool = False,
+        self_condition: bool = False,
+    ) -> None:
+        channels = tuple(channels)
+        super().__init__(
+            in_channels, image_size, channels, groups, time_dim, num_classes, attribute_sizes,
+            mask_conditioning, self_condition,
+        )  # fmt: skip
         self.down_blocks = nn.ModuleList(_ConvBlock(c, c, groups) for c in channels[:-1])
         self.downs = nn.ModuleList(_PatchDown(a, b) for a, b in zip(channels[:-1], channels[1:]))
         self.mid1 = _ConvBlock(channels[-1], channels[-1], groups)
@@ -87,10 +115,7 @@ class GeluUNet(nn.Module):
         self.conv_out = nn.Conv2d(channels[0], in_channels, 1)
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
-        emb = self.cond.add_to(
-            self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype)), cond
-        )
-        h = self.conv_in(self.cond.extra_input(x, cond))
+        h, emb = self.stem(x, t, cond)
         skips = []
         for block, down in zip(self.down_blocks, self.downs):
             h = block(h)

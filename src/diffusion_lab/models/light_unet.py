@@ -8,13 +8,8 @@ The time (and condition) embedding is added inside every block, after its first 
 import torch
 from torch import Tensor, nn
 
-from diffusion_lab.errors import require
-from diffusion_lab.models.conditioning import (
-    Cond,
-    CondEmbedding,
-    check_image_size,
-    sinusoidal_embedding,
-)
+from diffusion_lab.models.conditioning import Cond
+from diffusion_lab.models.gelu_unet import GroupNormGeluStem
 
 
 class _Block(nn.Module):
@@ -32,7 +27,7 @@ class _Block(nn.Module):
         return self.act(self.norm2(self.conv2(h)))
 
 
-class LightUNet(nn.Module):
+class LightUNet(GroupNormGeluStem):
     def __init__(
         self,
         in_channels: int = 1,
@@ -45,22 +40,11 @@ class LightUNet(nn.Module):
         mask_conditioning: bool = False,
         self_condition: bool = False,
     ) -> None:
-        super().__init__()
         channels = tuple(channels)
-        check_image_size(image_size, len(channels) - 1)
-        for c in channels:
-            require(
-                c % groups == 0,
-                f"model.groups={groups} must divide every width in model.channels={list(channels)}",
-            )
-        self.in_channels, self.image_size, self.time_dim = in_channels, image_size, time_dim
-        self.cond = CondEmbedding.for_images(
-            time_dim, in_channels, num_classes, attribute_sizes, mask_conditioning, self_condition
-        )
-        self.time_mlp = nn.Sequential(
-            nn.Linear(time_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)
-        )
-        self.conv_in = nn.Conv2d(in_channels + self.cond.extra_channels, channels[0], 3, padding=1)
+        super().__init__(
+            in_channels, image_size, channels, groups, time_dim, num_classes, attribute_sizes,
+            mask_conditioning, self_condition,
+        )  # fmt: skip
         pairs = list(zip(channels[:-1], channels[1:]))
         self.down_blocks = nn.ModuleList(_Block(a, a, time_dim, groups) for a, _ in pairs)
         self.downs = nn.ModuleList(nn.Conv2d(a, b, 4, 2, 1) for a, b in pairs)
@@ -70,10 +54,7 @@ class LightUNet(nn.Module):
         self.conv_out = nn.Conv2d(channels[0], in_channels, 1)
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
-        emb = self.cond.add_to(
-            self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype)), cond
-        )
-        h = self.conv_in(self.cond.extra_input(x, cond))
+        h, emb = self.stem(x, t, cond)
         skips = []
         for block, down in zip(self.down_blocks, self.downs):
             h = block(h, emb)

@@ -6,12 +6,14 @@ EMA weights) without Lightning or Hydra, then sample, inpaint or look at the tra
 """
 
 import importlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from diffusion_lab.diffusion import GaussianDiffusion, diffusion_from_config, make_sampler
@@ -40,10 +42,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def read_export(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config, net weights) of an export folder; safetensors runs no code on load."""
-    import json
-
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     weights, config = folder / "model.safetensors", folder / "config.json"
     require(

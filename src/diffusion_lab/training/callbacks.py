@@ -149,7 +149,8 @@ class CheckpointOnSigterm(pl.Callback):
     epoch counters one off), where a mid-epoch checkpoint resumes exactly.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ddp_check_every: int = 10) -> None:
+        self.ddp_check_every = ddp_check_every  # batches between the ranks' agreement checks
         self.requested = False  # SIGTERM seen by this process
         self.saved_at: int | None = None  # the global step of the SIGTERM checkpoint
         self._previous: Any = None
@@ -186,6 +187,8 @@ class CheckpointOnSigterm(pl.Callback):
             return  # the end-of-epoch last.ckpt comes after validation; stop at the next batch
         stop = self.requested
         if trainer.world_size > 1:  # any rank's signal stops all (the save has a barrier)
+            if (batch_idx + 1) % self.ddp_check_every:
+                return  # a collective every batch would sync the hot path; every N is enough
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if not stop:
             return

@@ -162,14 +162,18 @@ def cifar_batches(tmp_path_factory, cifar_folder) -> Path:
     return root
 
 
-def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m diffusion_lab.<module> args...` from the repository root, as a user runs it."""
+def run_module(
+    module: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m diffusion_lab.<module> args...` from the repository root, as a user runs it
+    (`env`: variables added to this process's environment)."""
     return subprocess.run(
         [sys.executable, "-m", f"diffusion_lab.{module}", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=timeout,
+        env={**os.environ, **env} if env else None,
     )
 
 

@@ -6,6 +6,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,25 +18,26 @@ from safetensors.torch import load_file
 
 from diffusion_lab.app.build import build_net, read_checkpoint
 from diffusion_lab.app.hydra_entry import run_task
-from diffusion_lab.app.train import train
+from diffusion_lab.app.train import resolve_ckpt_path, train
 from diffusion_lab.errors import UserError
 from diffusion_lab.files import atomic_write
 from diffusion_lab.sampling import DiffusionPipeline
 from diffusion_lab.training import checkpoint_io
 from diffusion_lab.training.export import export_safetensors
 
-from .conftest import TINY_PATTERNS, compose_cfg, run_module
+from .conftest import ROOT, TINY_PATTERNS, compose_cfg, run_module
 
 
 class SigtermAtStep(pl.Callback):
-    """Sends this process SIGTERM after optimizer step `step`, as a scheduler would."""
+    """Sends this process SIGTERM (or `signal_name`) after optimizer step `step`, as a
+    scheduler would."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, signal_name: str = "SIGTERM") -> None:
+        self.step, self.signum = step, getattr(signal, signal_name)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 def full_disk(obj, f) -> None:
@@ -145,6 +147,38 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(preempted,
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = net_weights(run_dir), net_weights(tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_slurm_warning_signal_saves_then_requeues_and_the_requeued_job_resumes(preempted, tmp_path):
+    """submitit's SIGUSR2 (before a time limit or preemption): last.ckpt first, then submitit's
+    handler (requeue + exit); the requeued job (SLURM_RESTART_COUNT=1, no ckpt_path) resumes."""
+    marker, args = tmp_path / "requeued", [*PREEMPTIBLE, f"hydra.run.dir={tmp_path}"]
+    env = {**os.environ, "REQUEUE_MARKER": str(marker)}
+    signalled = subprocess.run(
+        [sys.executable, "-m", "tests.requeue_helpers", *args,
+         "+callbacks.term._target_=tests.test_faults.SigtermAtStep",
+         "+callbacks.term.step=6", "+callbacks.term.signal_name=SIGUSR2"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )  # fmt: skip
+    assert signalled.returncode == 255, signalled.stderr[-3000:]  # submitit's exit after requeue
+    assert marker.read_text() == "SIGUSR2"
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 7
+    assert "SIGUSR2: saved" in signalled.stdout and "Traceback" not in signalled.stderr
+    requeued = run_module("train", *args, timeout=300, env={"SLURM_RESTART_COUNT": "1"})
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    a, b = net_weights(preempted[0]), net_weights(tmp_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ckpt_path_auto_resumes_when_there_is_a_last_ckpt_else_starts_fresh(tmp_path, monkeypatch):
+    assert resolve_ckpt_path("auto", tmp_path) is None
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert resolve_ckpt_path(None, tmp_path) is None  # requeued before its first checkpoint
+    train(compose_cfg(tmp_path, ["trainer.max_epochs=1"], tiny=True))
+    last = str(tmp_path / "checkpoints" / "last.ckpt")
+    assert resolve_ckpt_path(None, tmp_path) == resolve_ckpt_path("auto", tmp_path) == last
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the job's first run: a fresh start
+    assert resolve_ckpt_path(None, tmp_path) is None
 
 
 # ---- crafted checkpoints -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from diffusion_lab.app.build import build_module, load_module
 from diffusion_lab.app.hydra_entry import run_task
 from diffusion_lab.app.train import _chosen_for_this_cpu, train
 from diffusion_lab.sampling import core as sampling_core
+from diffusion_lab.training.module import DiffusionModule
 
 from .conftest import TINY_PATTERNS, compose_cfg, run_module
 
@@ -137,7 +138,11 @@ def test_fast_bf16_probe_agrees_with_the_cpu_flags():
     assert hardware.cpu_has_fast_bf16() == ({"amx_bf16", "avx512_bf16"} <= flags)
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize("check_every", [1, 4])  # 4: as on a GPU, checked every N steps
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(
+    tmp_path, capsys, monkeypatch, check_every
+):
+    monkeypatch.setattr(DiffusionModule, "finite_check_every", check_every)
     first = compose_cfg(tmp_path, ["trainer.max_epochs=1"], tiny=True)
     train(first)
     before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
@@ -146,6 +151,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, capsys)
     with pytest.raises(SystemExit):
         run_task(train, cfg)
     err = capsys.readouterr().err
+    # found at step 4 or at the epoch-end checkpoint (step 3), whichever comes first, and the
+    # message names the step it happened at
     assert "training loss became nan at step 1" in err
     assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
 

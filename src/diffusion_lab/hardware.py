@@ -1,8 +1,10 @@
 """What this machine offers: the device to run on, whether its CPU is fast at bf16, and
 whether a download host can be reached."""
 
+import contextlib
 import functools
 import socket
+import time
 from urllib.parse import urlparse
 
 import torch
@@ -29,6 +31,27 @@ def cpu_has_fast_bf16() -> bool:
 def default_cpu_precision() -> str:
     """The CPU trainer's default precision: bf16-mixed where it is fast, else 32."""
     return "bf16-mixed" if cpu_has_fast_bf16() else "32"
+
+
+def fork_rng(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """torch.random.fork_rng over the CPU generator and, on a GPU, that GPU's as well: code
+    inside may draw random numbers without changing what the caller draws next."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.random.fork_rng(devices=[index], device_type="cuda")
+    return torch.random.fork_rng(devices=[])
+
+
+def synchronized_clock(device: torch.device | str) -> float:
+    """time.perf_counter() once the device's queued work is done: GPU kernels run
+    asynchronously, so a clock read without it would end a timing before they do."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    return time.perf_counter()
 
 
 def pick_device(name: str) -> torch.device:

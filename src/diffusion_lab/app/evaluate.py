@@ -8,7 +8,6 @@ task=clip_guide sample with and without CLIP guidance towards a prompt; grid + s
 
 import csv
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from diffusion_lab.app.hydra_entry import hydra_entry, run_task
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.errors import require
 from diffusion_lab.files import atomic_write
-from diffusion_lab.hardware import pick_device
+from diffusion_lab.hardware import pick_device, synchronized_clock
 from diffusion_lab.metrics import EVAL_SCALARS
 from diffusion_lab.metrics.classifier import SmallClassifier, accuracy, feature_classifier
 from diffusion_lab.metrics.clip_score import (
@@ -99,7 +98,7 @@ def generate(
 ) -> tuple[torch.Tensor, float]:
     """n samples (image i's noise from (seed, i), whatever the batch size); returns (images on
     CPU, seconds)."""
-    t0 = time.perf_counter()
+    t0 = synchronized_clock(module.device)
     with sampling_progress(f"Sampling {n} images") as step:
         images = module.generate(
             n,
@@ -110,7 +109,7 @@ def generate(
             batch_size=batch_size,
             callback=step,
         )
-    return images.cpu(), time.perf_counter() - t0
+    return images.cpu(), synchronized_clock(module.device) - t0
 
 
 def feature_network(
@@ -490,11 +489,11 @@ def clip_guide(cfg: DictConfig) -> dict[str, Any]:
         texts = [format_prompt(s["class_prompt"], s["class_texts"][int(c)]) for c in labels]
     score_fn = scorer.similarity_fn(texts)
     plain = clip_guided_generate(module, score_fn, n, 0.0, labels, sampler, int(cfg.seed))
-    t0 = time.perf_counter()
+    t0 = synchronized_clock(module.device)
     guided = clip_guided_generate(
         module, score_fn, n, float(g.scale), labels, sampler, int(cfg.seed), bool(g.normalize)
     )
-    seconds = time.perf_counter() - t0
+    seconds = synchronized_clock(module.device) - t0
     with torch.no_grad():
         before, after = score_fn(plain.to(device)).cpu(), score_fn(guided.to(device)).cpu()
     out = command_output_dir(cfg)

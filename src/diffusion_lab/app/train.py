@@ -1,6 +1,7 @@
 """What `python -m diffusion_lab.train` and `... .sample` do, as plain functions of a config."""
 
 import logging
+import os
 import platform
 import signal
 import warnings
@@ -68,11 +69,16 @@ def versions() -> dict[str, str]:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """`ckpt_path=last` means this run directory's checkpoints/last.ckpt; else a path or null."""
+    """`ckpt_path=last` means this run directory's checkpoints/last.ckpt; `auto` the same when
+    there is one, else a fresh start (how a requeued SLURM job continues); else a path or null."""
+    if ckpt_path is None and os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0"):
+        ckpt_path = "auto"  # a requeued SLURM job continues from the checkpoint it saved
     if ckpt_path is None:
         return None
-    if ckpt_path == "last":
+    if ckpt_path in ("last", "auto"):
         path = output_dir / "checkpoints" / "last.ckpt"
+        if ckpt_path == "auto" and not path.is_file():
+            return None
         require(
             path.is_file(), f"ckpt_path=last: no {path} (set hydra.run.dir to the run to resume)"
         )
@@ -155,8 +161,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except SIGTERMException:  # Lightning stops the loop at a batch end after a SIGTERM
         sigterm = next((c for c in callbacks if isinstance(c, CheckpointOnSigterm)), None)
         saved = sigterm is not None and sigterm.saved_at is not None
+        received = sigterm.received if sigterm is not None and sigterm.received else signal.SIGTERM
         log.warning(
-            "Stopped by SIGTERM at step %d: %s; resume with ckpt_path=last",
+            "Stopped by %s at step %d: %s; resume with ckpt_path=last",
+            signal.Signals(received).name,
             trainer.global_step,
             "last.ckpt saved" if saved else "the previous last.ckpt stands",
         )

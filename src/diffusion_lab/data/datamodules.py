@@ -6,19 +6,23 @@ long [B, A] when the data module is asked for attributes (e.g. stroke "thickness
 [B, 1, H, W] (1 = known pixel, 0 = to fill) and "mask_kind" long [B] (index into masks.kinds).
 """
 
+import contextlib
 import gzip
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import Tensor
 
 from diffusion_lab.data.loader import TensorBatches
 from diffusion_lab.data.masks import MaskSpec, make_masks
 from diffusion_lab.data.patterns import FAMILIES, generate_patterns
 from diffusion_lab.errors import UserError, require
+from diffusion_lab.files import atomic_write
 
 DIGITS_FILE = Path(__file__).with_name("digits.csv.gz")
 # every attribute a data module can provide, and how many values it takes
@@ -237,12 +241,24 @@ class TorchvisionDataModule(InMemoryDataModule):
             f"{self.dataset} not found under data.root={self.root}; pass data.download=true to fetch it"
         )
 
+    @contextlib.contextmanager
+    def _one_writer(self, writes: bool) -> Iterator[None]:
+        """Every DDP rank, node and sweep job reads the same data.root: one of them at a time
+        downloads or unpacks there (a file lock; the others then find the files complete)."""
+        if not writes:
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.root / ".diffusion_lab.lock"):
+            yield
+
     def _torchvision(self, train: bool):
         import torchvision
 
         cls = getattr(torchvision.datasets, self.dataset)
         try:
-            return cls(str(self.root), train=train, download=self.download)
+            with self._one_writer(self.download):
+                return cls(str(self.root), train=train, download=self.download)
         except RuntimeError as e:
             if "not found" in str(e).lower() or "corrupted" in str(e).lower():
                 raise self._missing_error() from None
@@ -276,11 +292,12 @@ class _MNISTLike(TorchvisionDataModule):
     def _torchvision(self, train: bool):
         # torchvision only reads the decompressed files; unpack .gz files the user put there
         raw = self.root / self.dataset / "raw"
-        for name in MNIST_FILES:
-            gz = raw / f"{name}.gz"
-            if not (raw / name).exists() and gz.exists():
-                with gzip.open(gz, "rb") as src, open(raw / name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+        packed = [n for n in MNIST_FILES if not (raw / n).exists() and (raw / f"{n}.gz").exists()]
+        with self._one_writer(bool(packed)):
+            for name in packed:
+                if not (raw / name).exists():  # another process may have unpacked it meanwhile
+                    with atomic_write(raw / name) as dst, gzip.open(raw / f"{name}.gz") as src:
+                        shutil.copyfileobj(src, dst)
         return super()._torchvision(train)
 
 

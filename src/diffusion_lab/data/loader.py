@@ -65,21 +65,22 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         epoch = self.epoch_fn()
-        order = self._order(epoch)
-        start, self._resume_at = self._resume_at, 0
+        device = self.tensors["image"].device
+        # the epoch's order and flips go to the device once: no copy or host read per batch
+        order = self._order(epoch).to(device)
         flip_gen = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            flips = torch.rand(len(idx), generator=flip_gen) < 0.5 if self.hflip else None
-            if i < start:
-                continue
+        flips = (
+            (torch.rand(len(order), generator=flip_gen) < 0.5).to(device) if self.hflip else None
+        )
+        start, self._resume_at = self._resume_at, 0
+        for i in range(start, len(self)):
             self._served = i + 1
-            idx = idx.to(self.tensors["image"].device)
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             batch = {k: v[idx] for k, v in self.tensors.items()}
             batch["image"] = to_model_range(batch["image"])
             if flips is not None:
-                flips = flips.to(batch["image"].device)
-                batch["image"][flips] = batch["image"][flips].flip(-1)
+                flip = flips[i * self.batch_size : (i + 1) * self.batch_size, None, None, None]
+                batch["image"] = torch.where(flip, batch["image"].flip(-1), batch["image"])
             yield batch
         self._served = 0
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.errors import require
+from diffusion_lab.hardware import fork_rng
 
 log = logging.getLogger("diffusion_lab")
 
@@ -27,6 +28,26 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
+
+
+class AdaptiveAvgPool2d(nn.Module):
+    """nn.AdaptiveAvgPool2d's windows as two matrix products: its CUDA backward has no
+    deterministic kernel, so training the judge under trainer.deterministic=true would fail."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def _weights(self, n: int, like: Tensor) -> Tensor:
+        w = torch.zeros(self.size, n, dtype=like.dtype, device=like.device)
+        for i in range(self.size):  # torch's window i: [floor(i n / s), ceil((i + 1) n / s))
+            lo, hi = (i * n) // self.size, -(-((i + 1) * n) // self.size)
+            w[i, lo:hi] = 1.0 / (hi - lo)
+        return w
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows, cols = self._weights(x.shape[-2], x), self._weights(x.shape[-1], x)
+        return torch.einsum("ih,bchw,jw->bcij", rows, x, cols)
 
 
 class SmallClassifier(nn.Module):
@@ -47,7 +68,7 @@ class SmallClassifier(nn.Module):
             _block(32, 64, 2),
             _block(64, 64, 1),
             # a 4x4 pooled map, not a global average: where the strokes are matters (6 vs 9)
-            nn.AdaptiveAvgPool2d(4),
+            AdaptiveAvgPool2d(4),
             nn.Flatten(),
             nn.Linear(64 * 16, self.feature_dim),
             nn.ReLU(inplace=True),
@@ -86,10 +107,10 @@ def _fit(
     lr: float,
     seed: int,
 ) -> SmallClassifier:
-    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
+    device = images.device
+    with fork_rng(device):  # leave the caller's global RNG alone
         torch.manual_seed(seed)
         model = SmallClassifier(images.shape[1], images.shape[-1], num_classes)
-    device = images.device
     model.to(device)
     g = torch.Generator().manual_seed(seed)
     n = len(images)

@@ -19,7 +19,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffusion_lab.errors import UserError, require
-from diffusion_lab.hardware import reachable
+from diffusion_lab.hardware import fork_rng, reachable
 from diffusion_lab.metrics.classifier import SmallClassifier
 
 INCEPTION_URL = (
@@ -178,7 +178,7 @@ class FeatureDistance:
             )
             kid.update(torch.cat(self._real_feats), real=True)
             kid.update(torch.cat(fake_feats), real=False)
-            with torch.random.fork_rng(devices=[]):
+            with fork_rng(self.device):  # manual_seed reseeds every device's generator
                 torch.manual_seed(0)  # KID draws random subsets: same draw for every set
                 mean, std = kid.compute()
             out["kid"], out["kid_std"] = float(mean), float(std)
@@ -205,7 +205,7 @@ class FeatureDistance:
         )
         kid.update(a, real=True)
         kid.update(b, real=False)
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng(self.device):
             torch.manual_seed(0)
             kid_mean, _ = kid.compute()
         return {"fid": float(fid.compute()), "kid": float(kid_mean), "n_per_half": half}

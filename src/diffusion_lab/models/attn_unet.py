@@ -3,7 +3,7 @@ multi-head self-attention at chosen resolutions (global context for periodic pat
 optionally with fixed position embeddings on the attention's queries and keys."""
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from diffusion_lab.errors import require
@@ -13,6 +13,14 @@ from diffusion_lab.models.conditioning import (
     check_image_size,
     sinusoidal_embedding,
 )
+
+
+class NearestUpsample2x(nn.Module):
+    """nn.Upsample(scale_factor=2, mode="nearest") as a broadcast: its CUDA backward has no
+    deterministic kernel, so training under trainer.deterministic=true on a GPU would fail."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return repeat(x, "b c h w -> b c (h 2) (w 2)")
 
 
 class _ResBlock(nn.Module):
@@ -144,9 +152,7 @@ class AttnUNet(nn.Module):
             ch = w
             if i > 0:
                 self.upsamples.append(
-                    nn.Sequential(
-                        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)
-                    )
+                    nn.Sequential(NearestUpsample2x(), nn.Conv2d(ch, ch, 3, padding=1))
                 )
                 res *= 2
         self.conv_late = nn.Sequential(

@@ -6,19 +6,20 @@ import logging
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torchvision.utils import make_grid, save_image
 
+from diffusion_lab.errors import UserError
 from diffusion_lab.files import atomic_write
+from diffusion_lab.hardware import synchronized_clock
 
 
 def tensorboard(trainer: pl.Trainer):
@@ -73,9 +74,9 @@ class SampleGrid(pl.Callback):
         per_class = max(1, self.n // k) if k else 0
         labels = torch.arange(k).repeat_interleave(per_class) if k else None
         n = len(labels) if k else self.n
-        start = time.perf_counter()
+        start = synchronized_clock(module.device)
         images = module.generate(n, labels=labels, seed=self.seed)
-        self.seconds_per_image = (time.perf_counter() - start) / n
+        self.seconds_per_image = (synchronized_clock(module.device) - start) / n
         nrow = per_class if k else int(n**0.5)
         return (images.float().cpu() + 1) / 2, nrow
 
@@ -93,7 +94,9 @@ class SampleGrid(pl.Callback):
 
 
 class Throughput(pl.Callback):
-    """Training images per second, timed over training batches only (not validation)."""
+    """Training images per second, timed over training batches only (not validation or the
+    first `warmup_batches`). The clock is read (after a device synchronisation) only where the
+    timed stretches start and end, not every batch: a GPU must not wait for the host each step."""
 
     def __init__(self, warmup_batches: int = 3) -> None:
         self.warmup = warmup_batches
@@ -101,19 +104,60 @@ class Throughput(pl.Callback):
 
     def reset(self) -> None:
         self.images, self.seconds, self.batches, self._t0 = 0, 0.0, 0, None
+        self._pending = 0  # images of the stretch in progress
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._t0 = time.perf_counter()
+    def _start(self, module) -> None:
+        self._t0, self._pending = synchronized_clock(module.device), 0
+
+    def _stop(self, module) -> None:
+        if self._t0 is not None:
+            self.seconds += synchronized_clock(module.device) - self._t0
+            self.images += self._pending
+        self._t0 = None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.batches += 1
-        if self._t0 is not None and self.batches > self.warmup:
-            self.seconds += time.perf_counter() - self._t0
-            self.images += len(batch["image"]) * trainer.world_size
+        if self._t0 is not None:
+            self._pending += len(batch["image"]) * trainer.world_size
+        elif self.batches >= self.warmup:
+            self._start(module)  # timing starts after the warmup batches
+
+    def on_validation_start(self, trainer, module) -> None:
+        self._stop(module)
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.training and self.batches >= self.warmup:
+            self._start(module)
+
+    def on_train_end(self, trainer, module) -> None:
+        self._stop(module)
+
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        self._stop(module)
 
     @property
     def images_per_sec(self) -> float | None:
         return self.images / self.seconds if self.seconds > 0 else None
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's RichProgressBar, with the logged values (train/loss) read every
+    `metrics_every_n_batches` batches on an accelerator, where each read waits for the device
+    (on a CPU every batch). The position still moves every batch."""
+
+    def __init__(self, metrics_every_n_batches: int = 20, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metrics_every_n_batches = metrics_every_n_batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        every = 1 if pl_module.device.type == "cpu" else self.metrics_every_n_batches
+        if (batch_idx + 1) % every == 0 or batch_idx + 1 >= trainer.num_training_batches:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # the parent's update without its metrics read (Lightning has no switch for it)
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()
+        self._update(self.train_progress_bar_id, batch_idx + 1)
+        self.refresh()
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -147,25 +191,41 @@ class CheckpointOnSigterm(pl.Callback):
     callback's own handler only sets a flag, so the run goes on to the next batch end that
     StepCheckpoint could save at (not an epoch's last batch: that checkpoint resumes with the
     epoch counters one off), where a mid-epoch checkpoint resumes exactly.
+
+    Under SLURM via submitit, the warning before a time limit or preemption is
+    `requeue_signal` (submitit's SUBMITIT_PREEMPT_SIGNAL, USR2 unless set), and submitit's own
+    handler requeues the job at once, saving nothing. This callback takes that signal too: it
+    saves last.ckpt at the next batch end and only then hands the signal to submitit's handler,
+    which requeues the job; the requeued job resumes with ckpt_path=auto.
     """
 
-    def __init__(self, ddp_check_every: int = 10) -> None:
+    def __init__(self, ddp_check_every: int = 10, requeue_signal: str | None = None) -> None:
         self.ddp_check_every = ddp_check_every  # batches between the ranks' agreement checks
-        self.requested = False  # SIGTERM seen by this process
-        self.saved_at: int | None = None  # the global step of the SIGTERM checkpoint
-        self._previous: Any = None
+        name = requeue_signal or os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+        self.requeue_signal = getattr(signal, f"SIG{name.upper().removeprefix('SIG')}", None)
+        if self.requeue_signal is None:
+            raise UserError(f"requeue_signal={name!r} is not a signal name (e.g. USR2, USR1)")
+        self.received: int | None = None  # the signal this process got
+        self.saved_at: int | None = None  # the global step of the checkpoint it saved
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
 
     def _handler(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.received = signum
 
     def on_train_start(self, trainer: pl.Trainer, module) -> None:
         if threading.current_thread() is threading.main_thread():  # signals: main thread only
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
+            for sig in (signal.SIGTERM, self.requeue_signal):
+                self._previous[sig] = signal.signal(sig, self._handler)
 
     def _restore(self) -> None:
-        if self._previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+            self._previous = {}
 
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
         self._restore()
@@ -198,5 +258,12 @@ class CheckpointOnSigterm(pl.Callback):
             if isinstance(cb, ModelCheckpoint) and cb.save_last:
                 cb.last_model_path = path
         self.saved_at = trainer.global_step
-        logging.getLogger("diffusion_lab").info("SIGTERM: saved %s at step %d", path, self.saved_at)
+        name = signal.Signals(self.received or signal.SIGTERM).name
+        log = logging.getLogger("diffusion_lab")
+        log.info("%s: saved %s at step %d", name, path, self.saved_at)
+        previous = self._previous.get(self.received or signal.SIGTERM)
+        if self.received == self.requeue_signal and callable(previous):
+            self._restore()
+            log.info("%s: handing over to the scheduler's handler to requeue the job", name)
+            previous(self.received, None)  # submitit: requeue, then exit (rank 0 only)
         raise SIGTERMException  # Lightning's own stop: no end-of-training grids, no metrics.json

@@ -44,7 +44,9 @@ def forward_mflops(net: nn.Module, shape: tuple[int, int, int] | None = None) ->
     net.eval()  # no BatchNorm running-stat updates from this probe
     try:
         with FlopCounterMode(display=False) as counter:
-            net(*inputs)
+            # forward(), not __call__: with trainer compile=true the call is the compiled one,
+            # which would compile again for this batch of 1 and hide the ops from the counter
+            net.forward(*inputs)
     except Exception as e:  # a bookkeeping number must not fail a finished training run
         log.warning("could not count FLOPs (%s: %s)", type(e).__name__, e)
         return None

@@ -31,21 +31,43 @@ from diffusion_lab.sampling import generate as generate_samples
 from diffusion_lab.training.measure import one_image_input
 
 
-def ema_with_warmup(decay: float) -> Callable:
-    """An AveragedModel multi_avg_fn: EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)),
-    so early sample grids are not dominated by the random initial weights."""
+class EMA(AveragedModel):
+    """An exponential moving average of the net whose decay ramps up as
+    min(decay, (1 + n) / (10 + n)), so early sample grids are not dominated by the random initial
+    weights. torch's AveragedModel (its `module.*` / `n_averaged` checkpoint keys) with an update
+    that keeps a host copy of n_averaged: torch's update reads it from the device twice a step,
+    a host synchronisation per step on a GPU."""
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        super().__init__(net, use_buffers=True)
+        self.decay = decay
+        self.requires_grad_(False)
+        self._count: int | None = 0  # None: read n_averaged once (after a checkpoint load)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count = None
 
     @torch.no_grad()
-    def update(ema_params: list[Tensor], params: list[Tensor], n_averaged: Tensor) -> None:
-        n = float(n_averaged)
-        d = min(decay, (1 + n) / (10 + n))
-        if torch.is_floating_point(ema_params[0]):
-            torch._foreach_lerp_(ema_params, params, 1 - d)
-        else:  # integer buffers (BatchNorm's num_batches_tracked) are copied
-            for e, p in zip(ema_params, params):
+    def update_parameters(self, model: nn.Module) -> None:
+        if self._count is None:
+            self._count = int(self.n_averaged)
+        pairs = zip(
+            [*self.module.parameters(), *self.module.buffers()],
+            [*model.parameters(), *model.buffers()],
+        )
+        averaged, latest = [], []
+        for e, p in pairs:
+            if self._count == 0 or not torch.is_floating_point(e):  # integer buffers are copied
                 e.copy_(p)
-
-    return update
+            else:
+                averaged.append(e)
+                latest.append(p.detach())
+        if averaged:
+            n = self._count
+            torch._foreach_lerp_(averaged, latest, 1 - min(self.decay, (1 + n) / (10 + n)))
+        self.n_averaged += 1
+        self._count += 1
 
 
 def bucket_edges(num_timesteps: int, buckets: int | list[int] | tuple[int, ...]) -> list[int]:
@@ -99,9 +121,10 @@ class BucketMeans(Metric):
 
     def update(self, losses: Tensor, t: Tensor) -> None:
         bucket = torch.bucketize(t, self.inner_edges, right=True)
-        # one-hot sums rather than index_add_: deterministic on GPUs too
+        # one-hot sums rather than index_add_: deterministic on GPUs too; a product and a sum,
+        # not a matmul, which autocast would run in half precision
         one_hot = (bucket[:, None] == torch.arange(len(self.sums), device=t.device)).float()
-        self.sums += losses.float() @ one_hot
+        self.sums += (losses.float()[:, None] * one_hot).sum(0)
         self.counts += one_hot.sum(0)
 
     def compute(self) -> Tensor:
@@ -159,9 +182,7 @@ class DiffusionModule(pl.LightningModule):
         )
         self.ema = None
         if ema_decay is not None:
-            # torch's AveragedModel keeps the EMA copy; as a submodule it lands in checkpoints
-            self.ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(ema_decay), use_buffers=True)
-            self.ema.requires_grad_(False)
+            self.ema = EMA(net, ema_decay)  # a submodule: it lands in checkpoints
         if compile:
             net.compile()  # in place: checkpoint keys stay the same
         if channels_last:
@@ -266,6 +287,9 @@ class DiffusionModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_buckets("train")
 
+    def on_validation_start(self) -> None:
+        self.stop_if_nonfinite()  # no grids or metrics from weights a nan loss has reached
+
     def on_validation_epoch_end(self) -> None:
         self._log_buckets("val")
 
@@ -280,17 +304,45 @@ class DiffusionModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train", self.net, generator=self.step_generator(batch_idx))
-        finite = torch.isfinite(loss.detach())
-        if self.trainer.world_size > 1:  # every rank stops together, not only the one that saw it
-            finite = self.all_gather(finite).all()
-        if not finite:
-            # stop before the optimizer step spreads it into the weights; checkpoints stay as they were
-            raise UserError(
-                f"training loss became {loss.item() if not torch.isfinite(loss) else 'nan on another process'} "
-                f"at step {self.global_step} (epoch {self.current_epoch}); "
-                "lower optimizer.lr, set trainer.gradient_clip_val, or use trainer.precision=32"
-            )
+        self._note_if_nonfinite(loss.detach())
+        if self.global_step % self.finite_check_every == 0:
+            self.stop_if_nonfinite()
         return loss
+
+    # the loss is checked every step on a CPU (free there), every 16 on an accelerator, where
+    # reading it back is a host synchronisation; validation and checkpoints check first
+    @property
+    def finite_check_every(self) -> int:
+        return 1 if self.device.type == "cpu" else 16
+
+    def _note_if_nonfinite(self, loss: Tensor) -> None:
+        """Remember the first non-finite loss and its step, on the device (no host read)."""
+        if getattr(self, "_first_bad", None) is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.full((2,), -1.0, device=loss.device)  # (step, loss)
+        new = ~torch.isfinite(loss) & (self._first_bad[0] < 0)
+        here = torch.stack(
+            [torch.full_like(loss, self.global_step, dtype=torch.float32), loss.float()]
+        )
+        self._first_bad = torch.where(new, here, self._first_bad)
+
+    def stop_if_nonfinite(self) -> None:
+        """Stop every DDP rank together (not only the one that saw it) before a non-finite loss
+        reaches a checkpoint; checkpoints on disk stay as they were."""
+        first = getattr(self, "_first_bad", None)
+        if first is None:
+            return
+        ranks = (
+            self.all_gather(first).reshape(-1, 2) if self.trainer.world_size > 1 else first[None]
+        )
+        seen = [(step, value) for step, value in ranks.tolist() if step >= 0]
+        if not seen:
+            return
+        step, value = min(seen)  # the earliest on any rank
+        what = f"{value}" if first[0].item() >= 0 else "nan on another process"
+        raise UserError(
+            f"training loss became {what} at step {int(step)} (epoch {self.current_epoch}); "
+            "lower optimizer.lr, set trainer.gradient_clip_val, or use trainer.precision=32"
+        )
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The EMA follows optimizer steps, not batches: with trainer.accumulate_grad_batches
@@ -335,6 +387,8 @@ class DiffusionModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **step_when}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.training:
+            self.stop_if_nonfinite()  # never a checkpoint of weights a nan loss has reached
         checkpoint["diffusion_lab_config"] = self.config
         # RNG states (noise, timesteps, label dropout): a resumed run draws what the
         # uninterrupted one would have drawn

@@ -1,5 +1,9 @@
 """A short training run through every data module, on real data where the data is real."""
 
+import multiprocessing
+import time
+from pathlib import Path
+
 import pytest
 
 from diffusion_lab.app.train import train
@@ -69,3 +73,35 @@ def test_thickness_splits_each_class_at_its_median():
     images = torch.arange(8, dtype=torch.uint8)[:, None, None, None].expand(8, 1, 2, 2) * 10
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     assert thickness_attribute(images, labels).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+
+
+class SlowDownload:
+    """A stand-in torchvision dataset whose download takes a while and must not overlap another."""
+
+    def __init__(self, root: str, train: bool, download: bool) -> None:
+        root_dir = Path(root)
+        busy = root_dir / "busy"
+        assert not busy.exists(), "two downloads at once"
+        if download and not (root_dir / "done").exists():
+            busy.touch()
+            time.sleep(0.5)
+            with open(root_dir / "downloads", "a") as f:
+                f.write("x")
+            (root_dir / "done").touch()
+            busy.unlink()
+
+
+def test_processes_sharing_a_data_root_download_it_once(tmp_path, monkeypatch):
+    """DDP ranks, nodes and sweep jobs all set up the same data.root: one downloads."""
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", SlowDownload)
+    dm = MNISTDataModule(root=str(tmp_path), download=True)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=dm._torchvision, args=(True,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert (tmp_path / "downloads").read_text() == "x"

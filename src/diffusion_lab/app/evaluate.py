@@ -28,6 +28,8 @@ from diffusion_lab.metrics.clip_score import (
     ClipScorer,
     ClipScores,
     clip_guided_generate,
+    clip_settings,
+    dataset_key_of,
     format_prompt,
     load_clip_from_config,
     top_k_per_class,
@@ -45,14 +47,6 @@ log = logging.getLogger("diffusion_lab")
 
 METRICS = ("fid", "kid", "clip", "accuracy")
 TASKS = ("evaluate", "train_clip", "clip_guide")
-DATASET_KEYS = {
-    "PatternDataModule": "patterns",
-    "MNISTDataModule": "mnist",
-    "FashionMNISTDataModule": "fashion_mnist",
-    "CIFAR10DataModule": "cifar10",
-    "DigitsDataModule": "digits",
-    "ImageFolderDataModule": "folder",
-}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -63,8 +57,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 # ---- helpers ---------------------------------------------------------------------------------
 def dataset_key(train_cfg: DictConfig) -> str:
-    cls = str(train_cfg.data._target_).rsplit(".", 1)[-1]
-    return DATASET_KEYS.get(cls, cls.lower())
+    return dataset_key_of(str(train_cfg.data._target_).rsplit(".", 1)[-1])
 
 
 def run_dir_for(cfg: DictConfig, ckpt_path: str) -> Path:
@@ -133,25 +126,6 @@ def check_features(fcfg: DictConfig) -> str | None:
             fcfg.get("inception_weights"), bool(fcfg.download), float(fcfg.connect_timeout)
         )
     return None
-
-
-def clip_settings(ccfg: DictConfig, key: str, class_names: list[str]) -> dict[str, Any]:
-    """Prompt set, class prompt and class texts for a dataset from the clip config."""
-    prompts = ccfg.prompts.get(key)
-    require(
-        prompts is not None,
-        f"clip.prompts has no entry for dataset {key!r} (has: {list(ccfg.prompts)}); add clip.prompts.{key}=[...]",
-    )
-    texts = (ccfg.get("class_texts") or {}).get(key) or class_names
-    require(
-        len(texts) == len(class_names),
-        f"clip.class_texts.{key} needs {len(class_names)} entries, got {len(texts)}",
-    )
-    return {
-        "prompts": list(prompts),
-        "class_prompt": ccfg.class_prompt.get(key, "a photo of a {class}"),
-        "class_texts": list(texts),
-    }
 
 
 def write_topk(
@@ -435,7 +409,7 @@ def clip_metrics(
     return {
         "clip_model": f"{scorer.clip.name} ({scorer.clip.weights})",
         "clip_similarity": float(scores.similarity.mean()),
-        "clip_prompt_probs": {p: float(v) for p, v in zip(s["prompts"], scores.probs.mean(0))},
+        "clip_prompt_probs": scores.prompt_means(),
         **files,
     }
 

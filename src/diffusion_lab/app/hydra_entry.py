@@ -68,6 +68,8 @@ def _config_error(error: Exception, override: str, config_name: str) -> str:
             return f"{full_key} is now {RENAMED_KEYS[key]}: write {override.replace(key, RENAMED_KEYS[key], 1)}"
         if not prefix and key in config_groups() and key not in known:
             return _group_not_chosen(key, override, config_name)
+        if prefix.count(".") == 1 and prefix[:-1] in config_groups() and not known:
+            return _group_not_chosen(prefix[:-1], override, config_name)  # `clip: null`
         if not prefix:  # a config group left empty by default (sampler, debug) is no key yet
             known += [g for g in config_groups() if g not in [*known, "hydra"]]
         close = difflib.get_close_matches(key, known, n=1)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -139,16 +140,29 @@ def _pretrained_kwargs(
     return {"pretrained": pretrained, "cache_dir": cache_dir}, f"{model}/{pretrained}"
 
 
-def load_clip(
+@dataclass(frozen=True)
+class ClipSource:
+    """A CLIP found but not yet built: its open_clip name, create_model arguments and where its
+    weights come from (checked: on disk, or downloadable now)."""
+
+    model: str
+    kwargs: dict[str, Any]
+    weights: str
+    pretrained: str | None = None
+    architecture: dict[str, Any] | None = None
+
+
+def find_clip(
     model: str,
     pretrained: str | None = None,
     architecture: dict[str, Any] | None = None,
     download: bool = True,
     cache_dir: str | None = None,
     connect_timeout: float = 3.0,
-    device: str | torch.device = "cpu",
-) -> Clip:
-    """An open_clip model by name (+ tag or weights file), custom architecture or local dir."""
+) -> ClipSource:
+    """Check that an open_clip model (+ tag or weights file), custom architecture or local dir
+    can be loaded, without loading it: a missing file or unreachable download is a UserError
+    now, cheaply, before the work that needs the model."""
     import open_clip
 
     kwargs: dict[str, Any] = {}
@@ -173,9 +187,19 @@ def load_clip(
             kwargs, weights = _pretrained_kwargs(
                 model, str(pretrained), download, cache_dir, connect_timeout
             )
+    return ClipSource(model, kwargs, weights, pretrained, architecture)
+
+
+def build_clip(source: ClipSource, device: str | torch.device = "cpu") -> Clip:
+    """The model a find_clip found, built (and its weights read) on `device`."""
+    import open_clip
+
+    model, pretrained = source.model, source.pretrained
+    if source.architecture is not None and model not in open_clip.list_models():
+        register_architecture(model, source.architecture)  # a fresh (spawned) process
     try:
         with _quiet():
-            clip_model = open_clip.create_model(model, device=device, **kwargs)
+            clip_model = open_clip.create_model(model, device=device, **source.kwargs)
             tokenizer = open_clip.get_tokenizer(model)
     except UserError:
         raise
@@ -187,23 +211,89 @@ def load_clip(
         ) from None
     clip_model.eval().requires_grad_(False)
     preprocess = dict(clip_model.visual.preprocess_cfg)
-    return Clip(clip_model, tokenizer, preprocess, model, weights)
+    return Clip(clip_model, tokenizer, preprocess, model, source.weights)
+
+
+def load_clip(
+    model: str,
+    pretrained: str | None = None,
+    architecture: dict[str, Any] | None = None,
+    download: bool = True,
+    cache_dir: str | None = None,
+    connect_timeout: float = 3.0,
+    device: str | torch.device = "cpu",
+) -> Clip:
+    """An open_clip model by name (+ tag or weights file), custom architecture or local dir."""
+    source = find_clip(model, pretrained, architecture, download, cache_dir, connect_timeout)
+    return build_clip(source, device)
+
+
+def plain_config(cfg: Any) -> Any:
+    """A config node (OmegaConf or already plain) as plain dicts and lists, resolved."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+def find_clip_from_config(cfg: Any) -> ClipSource:
+    """find_clip from a `clip` config node (conf/clip/*.yaml, OmegaConf or a plain dict)."""
+    arch = cfg.get("architecture")
+    return find_clip(
+        str(cfg["model"]),
+        pretrained=cfg.get("pretrained"),
+        architecture=plain_config(arch) if arch is not None else None,
+        download=bool(cfg.get("download", True)),
+        cache_dir=cfg.get("cache_dir"),
+        connect_timeout=float(cfg.get("connect_timeout", 3.0)),
+    )
 
 
 def load_clip_from_config(cfg: Any, device: str | torch.device = "cpu") -> Clip:
     """load_clip from a `clip` config node (conf/clip/*.yaml)."""
-    from omegaconf import OmegaConf
+    return build_clip(find_clip_from_config(cfg), device)
 
-    arch = cfg.get("architecture")
-    return load_clip(
-        str(cfg.model),
-        pretrained=cfg.get("pretrained"),
-        architecture=OmegaConf.to_container(arch, resolve=True) if arch is not None else None,
-        download=bool(cfg.get("download", True)),
-        cache_dir=cfg.get("cache_dir"),
-        connect_timeout=float(cfg.get("connect_timeout", 3.0)),
-        device=device,
+
+# the key of each data module's prompts in clip.prompts / clip.class_prompt / clip.class_texts
+DATASET_KEYS = {
+    "PatternDataModule": "patterns",
+    "MNISTDataModule": "mnist",
+    "FashionMNISTDataModule": "fashion_mnist",
+    "CIFAR10DataModule": "cifar10",
+    "DigitsDataModule": "digits",
+    "ImageFolderDataModule": "folder",
+}
+
+
+def dataset_key_of(datamodule_class: str) -> str:
+    """The clip config's key for a data module class name (MNISTDataModule -> mnist)."""
+    return DATASET_KEYS.get(datamodule_class, datamodule_class.lower())
+
+
+def clip_settings(ccfg: Any, key: str, class_names: list[str]) -> dict[str, Any]:
+    """Prompt set, class prompt and class texts for a dataset from the clip config."""
+    prompts = ccfg["prompts"].get(key)
+    require(
+        prompts is not None,
+        f"clip.prompts has no entry for dataset {key!r} (has: {list(ccfg['prompts'])}); "
+        f"add clip.prompts.{key}=[...]",
     )
+    texts = (ccfg.get("class_texts") or {}).get(key) or class_names
+    require(
+        len(texts) == len(class_names),
+        f"clip.class_texts.{key} needs {len(class_names)} entries, got {len(texts)}",
+    )
+    return {
+        "prompts": list(prompts),
+        "class_prompt": ccfg["class_prompt"].get(key, "a photo of a {class}"),
+        "class_texts": list(texts),
+    }
+
+
+def prompt_name(template: str) -> str:
+    """A prompt as a metric name: lower case words joined by _, `{class}` left out
+    ("a clear image of the digit {class}" -> "a_clear_image_of_the_digit")."""
+    words = re.sub(r"[^a-z0-9]+", " ", template.replace("{class}", " ").lower()).split()
+    return "_".join(words) or "prompt"
 
 
 def to_clip_input(images: Tensor, preprocess: dict[str, Any]) -> Tensor:
@@ -256,6 +346,10 @@ class ClipScores:
     similarity: Tensor
     labels: Tensor
     extra: dict[str, Tensor] = field(default_factory=dict)
+
+    def prompt_means(self) -> dict[str, float]:
+        """Each prompt's mean probability over the samples (the set sums to 1)."""
+        return {p: float(v) for p, v in zip(self.prompts, self.probs.mean(0))}
 
     def ranking(self, rank_by: str) -> Tensor:
         """The value top-k selection sorts by: "similarity" or "p:<prompt>" / prompt index."""

@@ -1,11 +1,16 @@
 """Two-process training on the CPU (trainer=ddp_cpu): what a multi-GPU run must get right."""
 
 import json
+import signal
 
 import pytest
 import torch
 
+from diffusion_lab.app.build import read_checkpoint
+
 from .conftest import TINY_PATTERNS
+from .test_faults import net_weights
+from .test_faults import run_train as run_faults_train
 from .test_reliability import run_train
 
 
@@ -55,3 +60,32 @@ def test_ddp_cpu_nan_on_one_rank_stops_every_rank_with_one_line(tmp_path, monkey
     )
     assert res.returncode == 2, res.stderr[-3000:]
     assert "error: training loss became nan on another process at step 0" in res.stderr
+
+
+# 64 images, a global batch of 8 (4 per rank): 8 steps an epoch, 24 in all; the ranks agree on
+# a stop every batch here (every 10 by default)
+PREEMPTIBLE_DDP = [  # on top of test_faults' PREEMPTIBLE
+    "trainer=ddp_cpu",
+    "data.num_train=64",
+    "data.batch_size=8",
+    "callbacks.sigterm_checkpoint.ddp_check_every=1",
+]
+
+
+@pytest.mark.slow
+def test_ddp_cpu_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert run_faults_train(whole, *PREEMPTIBLE_DDP).returncode == 0
+    killed = run_faults_train(
+        cut,
+        *PREEMPTIBLE_DDP,
+        "+callbacks.term._target_=tests.test_faults.SigtermAtStep",
+        "+callbacks.term.step=6",
+    )
+    assert killed.returncode == 128 + signal.SIGTERM, killed.stderr[-3000:]
+    assert read_checkpoint(cut / "checkpoints" / "last.ckpt")["global_step"] == 7
+    resumed = run_faults_train(cut, *PREEMPTIBLE_DDP, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = net_weights(whole), net_weights(cut)
+    assert read_checkpoint(cut / "checkpoints" / "last.ckpt")["global_step"] == 24
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,7 +1,9 @@
 """`python -m diffusion_lab.evaluate`: score a checkpoint's samples.
 
-task=evaluate   (default) sample from a checkpoint and compute metrics=[fid,kid,clip,accuracy];
-                eval.json + eval.md in the run directory, TensorBoard hparams.
+task=evaluate   (default) sample from a checkpoint and compute
+                metrics=[fid,kid,clip,accuracy,inpainting]; eval.json + eval.md in the run
+                directory, TensorBoard hparams. A pattern checkpoint is also scored against
+                the independent evaluation patterns (data/eval_patterns.py): independent/*.
 task=train_clip train the pattern-set domain CLIP (metrics/domain_clip.py).
 task=clip_guide sample with and without CLIP guidance towards a prompt; grid + scores.
 """
@@ -18,6 +20,8 @@ from torchvision.utils import save_image
 from diffusion_lab.app.build import build_datamodule, load_module
 from diffusion_lab.app.config import command_output_dir, sampling_progress
 from diffusion_lab.app.hydra_entry import hydra_entry, run_task
+from diffusion_lab.data.datamodules import PatternDataModule
+from diffusion_lab.data.eval_patterns import render_eval_patterns
 from diffusion_lab.data.loader import to_model_range
 from diffusion_lab.errors import require
 from diffusion_lab.files import atomic_write
@@ -42,10 +46,16 @@ from diffusion_lab.metrics.fid import (
 )
 from diffusion_lab.sampling import sampler_options
 from diffusion_lab.training.callbacks import write_json
+from diffusion_lab.training.inpaint_callback import score as inpaint_score
 
 log = logging.getLogger("diffusion_lab")
 
-METRICS = ("fid", "kid", "clip", "accuracy")
+METRICS = ("fid", "kid", "clip", "accuracy", "inpainting")
+# what a pattern checkpoint's reference images and inpainting targets are drawn by: the
+# training generator's held-out patterns, and/or the independent evaluation generator
+PATTERN_SOURCES = ("generator", "independent")
+INDEPENDENT = "independent/"  # the prefix of the independent patterns' figures in eval.json
+INDEPENDENT_SEED = 0  # one fixed set, so that every checkpoint is scored on the same images
 TASKS = ("evaluate", "train_clip", "clip_guide")
 
 
@@ -78,6 +88,48 @@ def load_data(train_cfg: DictConfig, data_root: str | None):
     dm = build_datamodule(train_cfg)
     dm.setup("fit")
     return dm
+
+
+def pattern_sources(cfg: DictConfig, train_cfg: DictConfig) -> tuple[str, ...]:
+    """The pattern sources to score against (pattern_sources; null: both for a pattern
+    checkpoint). Other data sets have one reference, their validation set."""
+    chosen = cfg.get("pattern_sources")
+    is_patterns = dataset_key(train_cfg) == "patterns"
+    if chosen is None:
+        return PATTERN_SOURCES if is_patterns else ("generator",)
+    chosen = list(chosen) if OmegaConf.is_list(chosen) else [chosen]
+    bad = [c for c in chosen if c not in PATTERN_SOURCES]
+    require(chosen and not bad, f"pattern_sources={chosen}: choose from {list(PATTERN_SOURCES)}")
+    require(
+        is_patterns,
+        f"pattern_sources={chosen} is for pattern checkpoints (data=patterns); this one was "
+        f"trained on {dataset_key(train_cfg)}: leave pattern_sources=null",
+    )
+    return tuple(s for s in PATTERN_SOURCES if s in chosen)
+
+
+def pattern_references(dm, n_real: int | None, sources: tuple[str, ...]) -> dict[str, tuple]:
+    """Real images (uint8) and labels per source: the validation split's first n_real, and as
+    many independent patterns at the same size."""
+    val = dm.val_data
+    n = len(val["image"]) if n_real is None else min(int(n_real), len(val["image"]))
+    refs = {"generator": (val["image"][:n], val["label"][:n])}
+    if "independent" in sources:
+        refs["independent"] = render_eval_patterns(n, dm.image_size, INDEPENDENT_SEED)
+    return refs
+
+
+def inpainting_targets(dm, n: int, source: str) -> tuple[torch.Tensor, ...]:
+    """(images in [-1, 1], labels, masks, mask kinds) to inpaint: the validation split's first n
+    with their fixed masks, or n independent patterns under the same n masks."""
+    val = dm.val_data
+    n = min(n, len(val["image"]))
+    mask, kind = val["mask"][:n], val["mask_kind"][:n]
+    if source == "generator":
+        return to_model_range(val["image"][:n]), val["label"][:n], mask, kind
+    # the same masks as the generator's targets: the two figures differ by the patterns only
+    images, labels = render_eval_patterns(n, dm.image_size, INDEPENDENT_SEED)
+    return to_model_range(images), labels, mask, kind
 
 
 def generate(
@@ -262,19 +314,30 @@ def log_tensorboard(
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Evaluation of `{results['ckpt_path']}`", ""]
     s = results["sampler"]
-    lines += [
-        f"- samples: {results['n_samples']} ({s.get('name')}"
-        + (f", {s.get('steps')} steps" if s.get("name") == "ddim" else "")
-        + f"), {results['seconds_per_1000_samples']:.1f} s per 1,000 samples on {results['device']}",
-    ]
+    if "n_samples" in results:  # metrics=[inpainting] alone draws no plain samples
+        lines.append(
+            f"- samples: {results['n_samples']} ({s.get('name')}"
+            + (f", {s.get('steps')} steps" if s.get("name") == "ddim" else "")
+            + f"), {results['seconds_per_1000_samples']:.1f} s per 1,000 samples on "
+            f"{results['device']}"
+        )
+    if "inpaint_n" in results or INDEPENDENT + "inpaint_n" in results:
+        n_inpaint = results.get("inpaint_n", results.get(INDEPENDENT + "inpaint_n"))
+        lines.append(
+            f"- inpainting: {n_inpaint} held-out images under the checkpoint's validation "
+            f"masks ({s.get('name')})"
+        )
     if "feature_network" in results:
-        ref = results["real_vs_real"]
-        lines += [
+        lines.append(
             f"- FID/KID features: {results['feature_network']}; both are squared distances in "
-            "these features, so compare them only with numbers in the same features",
+            "these features, so compare them only with numbers in the same features"
+        )
+    if "real_vs_real" in results:
+        ref = results["real_vs_real"]
+        lines.append(
             f"- reference: two halves of the real set ({ref['n_per_half']} images each) score "
-            f"FID {ref['fid']:.4f}, KID {ref['kid']:.4f} (what a perfect generator would get)",
-        ]
+            f"FID {ref['fid']:.4f}, KID {ref['kid']:.4f} (what a perfect generator would get)"
+        )
     if "classifier" in results:
         c = results["classifier"]
         lines.append(
@@ -282,7 +345,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"(trained on {c['train_images']} training images)"
         )
     lines += ["", "| metric | value |", "|---|---:|"]
-    for k in ("fid", "kid", "kid_std", "accuracy", "clip_similarity"):
+    scores = ("fid", "kid", "kid_std", "accuracy", "clip_similarity")
+    for k in scores + ("inpaint_acc", "inpaint_mse", "inpaint_psnr"):
         if k in results:
             lines.append(f"| {k} | {results[k]:.4f} |")
     for k, v in results.get("clip_prompt_probs", {}).items():
@@ -290,7 +354,44 @@ def markdown(results: dict[str, Any]) -> str:
     for k in ("top_k_png", "scores_csv"):
         if k in results:
             lines.append(f"\n{k}: `{results[k]}`")
+    if "independent" in results.get("pattern_sources", ()):
+        lines += ["", *side_by_side(results)]
     return "\n".join(lines) + "\n"
+
+
+def side_by_side(results: dict[str, Any]) -> list[str]:
+    """The figures that depend on the reference patterns, training generator | independent."""
+
+    def cell(key: str, source: str) -> str:
+        first, *rest = key.split(".")  # "real_vs_real.fid": a figure inside a dict
+        value = results.get((INDEPENDENT if source == "independent" else "") + first)
+        for part in rest:
+            value = value.get(part) if isinstance(value, dict) else None
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = (
+        ("fid", "FID of the samples"),
+        ("kid", "KID of the samples"),
+        ("real_vs_real.fid", "FID, real vs real (the floor)"),
+        ("generator_patterns.fid", "FID of the training generator's held-out patterns"),
+        ("judge_accuracy", "judge accuracy on the real patterns"),
+        ("inpaint_acc", "inpainting: masked-pixel accuracy"),
+    )
+    lines = [
+        "## Training generator vs independent patterns",
+        "",
+        "Reference images and inpainting targets from the training generator's held-out "
+        "patterns and from the independent evaluation generator (data/eval_patterns.py); the "
+        "same samples, the same judge (trained on the training generator's patterns).",
+        "",
+        "| metric | training generator | independent |",
+        "|---|---:|---:|",
+    ]
+    for key, name in rows:
+        pair = cell(key, "generator"), cell(key, "independent")
+        if pair != ("-", "-"):
+            lines.append(f"| {name} | {pair[0]} | {pair[1]} |")
+    return lines
 
 
 # ---- tasks -----------------------------------------------------------------------------------
@@ -306,20 +407,25 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module, train_cfg = load_module(cfg.ckpt_path)
     module.to(device)
     run_dir = run_dir_for(cfg, cfg.ckpt_path)
+    sources = pattern_sources(cfg, train_cfg)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else {}
     sampler = sampler_options(module.sampler, sampler)
     k = module.num_classes
     if "accuracy" in metrics:
         require(
             k > 0,
-            "metrics=[accuracy] needs a class-conditional checkpoint (this one has no labels)",
+            "metrics=[accuracy] needs a class-conditional checkpoint (this one has no labels; "
+            "an inpainting checkpoint: metrics=[fid,kid,inpainting])",
         )
+    if "inpainting" in metrics:
+        require(
+            module.mask_conditioned,
+            "metrics=[inpainting] needs a mask-conditioned checkpoint (conditioning=inpaint); "
+            "inpaint with any other model by sample mode=inpaint sampler=repaint",
+        )
+        require(int(cfg.inpainting.n) >= 1, f"inpainting.n={cfg.inpainting.n} must be >= 1")
     # the data first: a missing dataset is a clear error before minutes of sampling
-    dm = (
-        load_data(train_cfg, cfg.get("data_root"))
-        if {"fid", "kid", "accuracy", "clip"} & set(metrics)
-        else None
-    )
+    dm = load_data(train_cfg, cfg.get("data_root")) if metrics else None
     weights = check_features(cfg.fid) if {"fid", "kid"} & set(metrics) else None
     # CLIP weights too: a missing file is an error now, not after the sampling
     scorer, prompts = None, None
@@ -327,19 +433,36 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         names = list(dm.class_names) or [str(i) for i in range(dm.num_classes)]
         prompts = clip_settings(cfg.clip, dataset_key(train_cfg), names)
         scorer = ClipScorer(load_clip_from_config(cfg.clip, device))
-    labels = torch.arange(n) % k if k else None
-    log.info("Sampling %d images (%s) on %s", n, sampler, device)
-    images, seconds = generate(
-        module, n, labels, sampler, int(cfg.seed), int(cfg.batch_size), cfg.get("guidance_scale")
-    )
     results: dict[str, Any] = {
         "ckpt_path": str(cfg.ckpt_path),
         "sampler": sampler,
-        "n_samples": n,
-        "device": str(device),
-        "sample_seconds": seconds,
-        "seconds_per_1000_samples": seconds / n * 1000,
+        "pattern_sources": list(sources),
     }
+    if "independent" in sources:
+        results["independent_patterns"] = (
+            f"diffusion_lab.data.eval_patterns.render_eval_patterns, seed {INDEPENDENT_SEED}"
+        )
+    labels = torch.arange(n) % k if k else None
+    images = None
+    if set(metrics) - {"inpainting"}:  # every other metric scores plain samples
+        log.info("Sampling %d images (%s) on %s", n, sampler, device)
+        images, seconds = generate(
+            module,
+            n,
+            labels,
+            sampler,
+            int(cfg.seed),
+            int(cfg.batch_size),
+            cfg.get("guidance_scale"),
+        )
+        results.update(
+            {
+                "n_samples": n,
+                "device": str(device),
+                "sample_seconds": seconds,
+                "seconds_per_1000_samples": seconds / n * 1000,
+            }
+        )
     classifier = None
     if {"fid", "kid", "accuracy"} & set(metrics):
         if "accuracy" in metrics or cfg.fid.features == "dataset":
@@ -347,26 +470,41 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             data_id = str(train_cfg.data._target_)
             classifier, info = feature_classifier(run_dir, dm, settings, device, data_id)
             results["classifier"] = info
+        refs = pattern_references(dm, cfg.fid.n_real, sources)
+        if classifier is not None:  # how well the judge knows each source's real images
+            for source in sources:
+                real, real_labels = refs[source]
+                prefix = INDEPENDENT if source == "independent" else ""
+                results[prefix + "judge_accuracy"] = accuracy(
+                    classifier, to_model_range(real).to(device), real_labels
+                )
     if {"fid", "kid"} & set(metrics):
         feature, desc = feature_network(cfg.fid, classifier, weights)
-        dist = FeatureDistance(
-            feature,
-            kid_subsets=int(cfg.fid.kid_subsets),
-            kid_subset_size=int(cfg.fid.kid_subset_size),
-            device=device,
-        )
-        real = dm.val_data["image"]
-        if cfg.fid.n_real is not None:
-            real = real[: int(cfg.fid.n_real)]
-        dist.add_real(to_model_range(real))
-        results.update(dist.score(images, tuple(m for m in ("fid", "kid") if m in metrics)))
         results["feature_network"] = desc
-        results["n_real"] = len(real)
-        results["real_vs_real"] = dist.real_vs_real()
+        chosen = tuple(m for m in ("fid", "kid") if m in metrics)
+        for source in sources:
+            dist = FeatureDistance(
+                feature,
+                kid_subsets=int(cfg.fid.kid_subsets),
+                kid_subset_size=int(cfg.fid.kid_subset_size),
+                device=device,
+            )
+            dist.add_real(to_model_range(refs[source][0]))
+            figures: dict[str, Any] = dist.score(images, chosen)
+            figures["n_real"] = len(refs[source][0])
+            figures["real_vs_real"] = dist.real_vs_real()
+            if source == "independent":
+                # what a perfect copy of the training generator would score here
+                generator_real = to_model_range(refs["generator"][0])
+                figures["generator_patterns"] = dist.score(generator_real, chosen)
+            prefix = INDEPENDENT if source == "independent" else ""
+            results.update({prefix + key: value for key, value in figures.items()})
     if "accuracy" in metrics:
         results["accuracy"] = accuracy(classifier, images.to(device), labels)
     if "clip" in metrics:
         results.update(clip_metrics(cfg, scorer, prompts, run_dir, images, labels))
+    if "inpainting" in metrics:
+        results.update(inpainting_metrics(cfg, module, dm, sources, sampler))
     tag = f"_{cfg.tag}" if cfg.get("tag") else ""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / f"eval{tag}.json", results)
@@ -381,6 +519,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     tb = log_tensorboard(run_dir, f"eval{tag}", flat_hparams(train_cfg, extra), scalars)
     log.info("Results: %s", {k: v for k, v in scalars.items()})
+    if "independent" in sources:
+        log.info("\n%s", "\n".join(side_by_side(results)[4:]))
     log.info(
         "Wrote %s, %s and TensorBoard hparams in %s",
         run_dir / f"eval{tag}.json",
@@ -388,6 +528,43 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         tb,
     )
     return results
+
+
+def inpainting_metrics(
+    cfg: DictConfig, module, dm, sources: tuple[str, ...], sampler: dict[str, Any]
+) -> dict[str, Any]:
+    """Masked-pixel accuracy (per family and mask kind; MSE/PSNR on other data) of
+    inpainting.n held-out images per source under the checkpoint's validation masks."""
+    n = int(cfg.inpainting.n)
+    two_colour = isinstance(dm, PatternDataModule)
+    out: dict[str, Any] = {}
+    for source in sources:
+        images, labels, mask, kind = inpainting_targets(dm, n, source)
+        with sampling_progress(f"Inpainting {len(images)} {source} images") as step:
+            filled = module.generate(
+                len(images),
+                labels=labels if module.num_classes else None,
+                known=images,
+                mask=mask.float(),
+                sampler=sampler,
+                seed=int(cfg.seed),
+                batch_size=int(cfg.batch_size),
+                callback=step,
+            ).cpu()
+        scores = inpaint_score(
+            filled,
+            images,
+            mask.float(),
+            two_colour,
+            labels if two_colour else None,
+            tuple(dm.class_names) if two_colour else (),
+            kind,
+            dm.masks.kinds,
+        )
+        prefix = INDEPENDENT if source == "independent" else ""
+        out.update({f"{prefix}inpaint_{key}": value for key, value in scores.items()})
+        out[f"{prefix}inpaint_n"] = len(images)
+    return out
 
 
 def clip_metrics(

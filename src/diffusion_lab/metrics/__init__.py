@@ -1,4 +1,15 @@
 """Evaluation: CLIP scoring and guidance, FID/KID, class accuracy and inpainting metrics of samples."""
 
 # the scores of an evaluation (eval.json) that are logged as scalars and compared between runs
-EVAL_SCALARS = ("fid", "kid", "accuracy", "clip_similarity", "seconds_per_1000_samples")
+EVAL_SCALARS = (
+    "fid",
+    "kid",
+    "accuracy",
+    "clip_similarity",
+    "inpaint_acc",
+    "seconds_per_1000_samples",
+    # a pattern checkpoint scored against the independent evaluation patterns
+    "independent/fid",
+    "independent/kid",
+    "independent/inpaint_acc",
+)

@@ -132,10 +132,30 @@ def test_cpu_precision_defaults_to_bf16_mixed_only_where_the_cpu_has_amx(make_cf
         assert make_cfg("trainer=ddp_cpu", tiny=False).trainer.precision == expected
 
 
-@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads Linux's /proc/cpuinfo")
-def test_fast_bf16_probe_agrees_with_the_cpu_flags():
-    flags = {f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()}
-    assert hardware.cpu_has_fast_bf16() == ({"amx_bf16", "avx512_bf16"} <= flags)
+def test_bf16_default_is_measured_once_per_cpu_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(hardware, "_has_bf16_instructions", lambda: False)
+    hardware.bf16_speedup.cache_clear()
+    assert hardware.bf16_speedup() is None and hardware.default_cpu_precision() == "32"
+    assert hardware.cpu_precision_reason() == "this CPU has no bf16 instructions"
+    assert not hardware.calibration_cache().exists()  # nothing measured, nothing cached
+    monkeypatch.setattr(hardware, "_has_bf16_instructions", lambda: True)
+    for fp32, bf16, expected in ((1.0, 0.5, "bf16-mixed"), (1.0, 0.95, "32")):
+        hardware.calibration_cache().unlink(missing_ok=True)
+        hardware.bf16_speedup.cache_clear()
+        times = {False: fp32, True: bf16}
+        monkeypatch.setattr(hardware, "_conv_step_seconds", lambda bf16, t=times: t[bf16])
+        assert hardware.default_cpu_precision() == expected
+        assert f"measured {fp32 / bf16:.2f}x the float32 rate" in hardware.cpu_precision_reason()
+        hardware.bf16_speedup.cache_clear()  # a new process: the cache answers, nothing runs
+        monkeypatch.setattr(hardware, "_conv_step_seconds", lambda bf16: 1 / 0)
+        assert hardware.default_cpu_precision() == expected
+    hardware.bf16_speedup.cache_clear()
+
+
+def test_the_calibration_workload_runs_in_both_precisions():
+    assert hardware._conv_step_seconds(bf16=False, repeats=1) > 0
+    assert hardware._conv_step_seconds(bf16=True, repeats=1) > 0
 
 
 @pytest.mark.parametrize("check_every", [1, 4])  # 4: as on a GPU, checked every N steps

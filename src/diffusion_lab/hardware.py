@@ -1,35 +1,120 @@
-"""What this machine offers: the device to run on, whether its CPU is fast at bf16, and
-whether a download host can be reached."""
+"""What this machine offers: the device to run on, whether its CPU is fast at bf16 (measured once
+and cached), and whether a download host can be reached."""
 
 import contextlib
 import functools
+import json
+import os
+import platform
 import socket
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from filelock import FileLock
+
+from diffusion_lab.files import atomic_write
+
+# bf16 autocast must beat float32 by this much to be the default: below it its rounding buys
+# too little
+BF16_MIN_SPEEDUP = 1.15
 
 
-@functools.cache
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX bf16 tile units (Intel Xeon 4th generation, Sapphire Rapids, and
-    later), where oneDNN runs bf16 convolutions ~8x faster than fp32 and the basic / efficient U-Nets train
-    2.1-3.6x faster in bf16-mixed (docs: Performance). Elsewhere bf16 is converted in
-    software or gains little, and the same runs were 2.4-13x slower than fp32."""
-    cpu = torch.cpu
+def _has_bf16_instructions() -> bool:
+    """avx512_bf16 (AMX CPUs have it too). Without it bf16 is converted in software: the basic
+    / efficient U-Nets trained 2.4-13x slower than in float32 (docs: Benchmarks)."""
     try:
-        return bool(
-            torch.backends.mkldnn.is_available()
-            and cpu._is_amx_tile_supported()
-            and cpu._is_avx512_bf16_supported()
-            and cpu._init_amx()  # asks the kernel for the AMX state (False where it refuses)
-        )
-    except AttributeError:  # a torch build without these probes
+        return bool(torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # a torch build without the probe
         return False
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def calibration_cache() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "diffusion_lab" / "cpu_precision.json"
+
+
+def _conv_step_seconds(bf16: bool, repeats: int = 3) -> float:
+    """Median seconds of one forward + backward of a small conv/GroupNorm/SiLU stack (the
+    U-Nets' building block) on a batch of 32 16x16 images, in float32 or under bf16 autocast."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.GroupNorm(8, 64), torch.nn.SiLU(),
+            torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.GroupNorm(8, 64), torch.nn.SiLU(),
+            torch.nn.Conv2d(64, 32, 3, padding=1),
+        )  # fmt: skip
+        x = torch.randn(32, 32, 16, 16)
+    times = []
+    for i in range(repeats + 1):  # the first is a warmup (oneDNN picks its kernels)
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = net(x).float().square().mean()
+        loss.backward()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+@functools.cache
+def bf16_speedup() -> float | None:
+    """bf16 autocast's training rate over float32's on this CPU, measured once per CPU model
+    and torch version (about a second) and cached in ~/.cache/diffusion_lab; None where the CPU
+    has no bf16 instructions (nothing to measure: software bf16 is always slower)."""
+    if not _has_bf16_instructions():
+        return None
+    key = f"{cpu_name()} | torch {torch.__version__}"
+    path = calibration_cache()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + ".lock")  # one calibration at a time (parallel workers)
+        with lock:
+            try:
+                cache = json.loads(path.read_text())
+            except (OSError, ValueError):
+                cache = {}
+            if key not in cache:
+                cache[key] = {"bf16_speedup": round(_measure_bf16_speedup(), 3)}
+                with atomic_write(path, "w") as f:
+                    f.write(json.dumps(cache, indent=2))
+        return float(cache[key]["bf16_speedup"])
+    except OSError:  # no writable cache folder: measure for this process only
+        return _measure_bf16_speedup()
+
+
+def _measure_bf16_speedup() -> float:
+    return _conv_step_seconds(bf16=False) / _conv_step_seconds(bf16=True)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 autocast measured at least BF16_MIN_SPEEDUP x float32 on this CPU: AMX Xeons
+    (2.1-3.6x for the basic / efficient U-Nets), and e.g. an AMD Zen 4 with avx512_bf16
+    (1.5x), but not CPUs without bf16 instructions."""
+    speedup = bf16_speedup()
+    return speedup is not None and speedup >= BF16_MIN_SPEEDUP
+
+
+def cpu_precision_reason() -> str:
+    """Why the CPU default precision is what it is, for the run log."""
+    speedup = bf16_speedup()
+    if speedup is None:
+        return "this CPU has no bf16 instructions"
+    return f"bf16 autocast measured {speedup:.2f}x the float32 rate on this CPU ({cpu_name()})"
+
+
 def default_cpu_precision() -> str:
-    """The CPU trainer's default precision: bf16-mixed where it is fast, else 32."""
+    """The CPU trainer's default precision: bf16-mixed where it is measured fast, else 32."""
     return "bf16-mixed" if cpu_has_fast_bf16() else "32"
 
 

@@ -24,6 +24,7 @@ from diffusion_lab.app.build import (
 from diffusion_lab.app.config import RESOLVER
 from diffusion_lab.app.hydra_entry import hydra_entry, run_task
 from diffusion_lab.errors import UserError, require
+from diffusion_lab.hardware import cpu_precision_reason
 from diffusion_lab.training.callbacks import (
     CheckpointOnSigterm,
     SampleGrid,
@@ -149,10 +150,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if hasattr(lg, "log_hyperparams"):
                 lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         log.info("Run directory: %s", out)
-        if _chosen_for_this_cpu(cfg) == "bf16-mixed":
+        chosen = _chosen_for_this_cpu(cfg)
+        if chosen is not None:
+            other = "32 trains in float32" if chosen == "bf16-mixed" else "bf16-mixed forces bf16"
             log.info(
-                "Precision:     bf16-mixed, the default on this CPU (it has AMX bf16 units); "
-                "trainer.precision=32 trains in float32"
+                "Precision:     %s, the default here: %s; trainer.precision=%s",
+                chosen,
+                cpu_precision_reason(),
+                other,
             )
         log.info("TensorBoard:   tensorboard --logdir %s", out / "tensorboard")
 

@@ -67,8 +67,12 @@ def test_evaluate_writes_json_markdown_topk_and_tensorboard(tiny_run, tmp_path):
     assert saved["feature_network"].startswith("dataset classifier")
     assert 0 <= saved["classifier"]["val_accuracy"] <= 1
     assert abs(sum(saved["clip_prompt_probs"].values()) - 1) < 1e-4
+    # the pattern set's second opinion: CLIP's zero-shot family (3 samples of each family)
+    per_family = saved["clip_family_accuracy_per_family"]
+    assert len(per_family) == 8 and 0 <= saved["clip_family_accuracy"] <= 1
+    assert sum(per_family.values()) / 8 == pytest.approx(saved["clip_family_accuracy"], abs=1e-3)
     md = (tiny_run / "eval_t1.md").read_text()
-    assert "| fid |" in md and "dataset classifier" in md
+    assert "| fid |" in md and "dataset classifier" in md and "| clip_family_accuracy |" in md
 
     # every sample in the CSV, k per class selected, the selected ones are the class's best
     with open(saved["scores_csv"]) as f:

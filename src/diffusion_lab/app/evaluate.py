@@ -345,7 +345,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"(trained on {c['train_images']} training images)"
         )
     lines += ["", "| metric | value |", "|---|---:|"]
-    scores = ("fid", "kid", "kid_std", "accuracy", "clip_similarity")
+    scores = ("fid", "kid", "kid_std", "accuracy", "clip_family_accuracy", "clip_similarity")
     for k in scores + ("inpaint_acc", "inpaint_mse", "inpaint_psnr"):
         if k in results:
             lines.append(f"| {k} | {results[k]:.4f} |")
@@ -503,6 +503,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results["accuracy"] = accuracy(classifier, images.to(device), labels)
     if "clip" in metrics:
         results.update(clip_metrics(cfg, scorer, prompts, run_dir, images, labels))
+        if dataset_key(train_cfg) == "patterns" and labels is not None:
+            from diffusion_lab.metrics.domain_clip import zero_shot_accuracy
+
+            # a second opinion beside the classifier's accuracy: CLIP's zero-shot family
+            acc, per_family = zero_shot_accuracy(scorer, images, labels)
+            results["clip_family_accuracy"] = acc
+            results["clip_family_accuracy_per_family"] = dict(
+                zip(dm.class_names, [round(float(v), 4) for v in per_family])
+            )
     if "inpainting" in metrics:
         results.update(inpainting_metrics(cfg, module, dm, sources, sampler))
     tag = f"_{cfg.tag}" if cfg.get("tag") else ""

@@ -6,6 +6,7 @@ EVAL_SCALARS = (
     "kid",
     "accuracy",
     "clip_similarity",
+    "clip_family_accuracy",
     "inpaint_acc",
     "seconds_per_1000_samples",
     # a pattern checkpoint scored against the independent evaluation patterns

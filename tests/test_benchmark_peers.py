@@ -101,8 +101,6 @@ def test_plot_writes_the_figure(peers, tmp_path):
 
 
 def test_the_peers_match_our_parameter_count_within_ten_percent(peers):
-    pytest.importorskip("diffusers")
-    pytest.importorskip("denoising_diffusion_pytorch")
     target = peers.our_params()
     for system in ("diffusers", "lucidrains"):
         _, n = peers.peer_width(system, target)

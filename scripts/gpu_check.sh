@@ -90,6 +90,13 @@ FAILED=0
     $COMMON "hydra.run.dir=$WORK/train_ddp" || FAILED=1
   run_phase train_inpaint $((STEPS * 128)) "$PY" -m diffusion_lab.train trainer=$TRAINER \
     conditioning=inpaint $COMMON "hydra.run.dir=$WORK/train_inpaint" || FAILED=1
+  # deterministic kernels only (torch.use_deterministic_algorithms), the attention U-Net's
+  # upsampling and the evaluation callback's judge classifier included
+  run_phase train_deterministic $((STEPS * 32)) "$PY" -m diffusion_lab.train trainer=$TRAINER \
+    model=attn_unet trainer.deterministic=true trainer.benchmark=false callbacks=with_eval \
+    callbacks.evaluate.every_n_epochs=1 callbacks.evaluate.n_samples=100 \
+    callbacks.evaluate.classifier.train_size=2000 callbacks.evaluate.classifier.epochs=1 \
+    $COMMON data.num_train=$((STEPS * 32)) "hydra.run.dir=$WORK/train_deterministic" || FAILED=1
 }
 CKPT="$WORK/train_16/checkpoints/last.ckpt"
 INPAINT_CKPT="$WORK/train_inpaint/checkpoints/last.ckpt"

@@ -120,14 +120,10 @@ class Throughput(pl.Callback):
         if self._t0 is not None:
             self._pending += len(batch["image"]) * trainer.world_size
         elif self.batches >= self.warmup:
-            self._start(module)  # timing starts after the warmup batches
+            self._start(module)  # after the warmup batches, and after each validation
 
     def on_validation_start(self, trainer, module) -> None:
-        self._stop(module)
-
-    def on_validation_end(self, trainer, module) -> None:
-        if trainer.training and self.batches >= self.warmup:
-            self._start(module)
+        self._stop(module)  # the next training batch end starts the next stretch
 
     def on_train_end(self, trainer, module) -> None:
         self._stop(module)

@@ -41,8 +41,13 @@ def test_performance_suite_reports_every_figure(tmp_path, monkeypatch):
     for r in rows.values():
         assert r["plain"] > 0 and r["framework"] > 0 and r["sample_img_steps_per_s"] > 0
         assert r["framework_over_plain"] > 0
-        assert r["mflops"] > 0 and 0 < r["peak_fraction"] < 5 and r["train_step_mib"] >= 0
-        assert 0 < r["matmul_fraction"] < 5 and r["matmul_gflops_median"] > 0
+        # the fractions are ratios of two timings (no bound: the toy-size peak probes of this
+        # test can run slower than the training they are compared with on a loaded host)
+        assert r["mflops"] > 0 and r["train_step_mib"] >= 0
+        assert r["peak_fraction"] == pytest.approx(
+            3 * r["mflops"] * 1e6 * r["framework"] / (report["peak_gflops"] * 1e9)
+        )
+        assert r["matmul_fraction"] > 0 and r["matmul_gflops_median"] > 0
         (plain,), (fw,), (matmul,) = r["rounds"].values()  # one round each
         assert r["framework_over_plain"] == pytest.approx(fw / plain)
         assert r["matmul_fraction"] == pytest.approx(3 * r["mflops"] * fw / 1e3 / matmul)

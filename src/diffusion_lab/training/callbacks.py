@@ -133,7 +133,7 @@ class Throughput(pl.Callback):
 
     @property
     def images_per_sec(self) -> float | None:
-        return self.images / self.seconds if self.seconds > 0 else None
+        return self.images / self.seconds if self.images and self.seconds > 0 else None
 
 
 class ProgressBar(RichProgressBar):

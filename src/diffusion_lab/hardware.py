@@ -48,7 +48,7 @@ def calibration_cache() -> Path:
 def _conv_step_seconds(bf16: bool, repeats: int = 3) -> float:
     """Median seconds of one forward + backward of a small conv/GroupNorm/SiLU stack (the
     U-Nets' building block) on a batch of 32 16x16 images, in float32 or under bf16 autocast."""
-    with torch.random.fork_rng(devices=[]):
+    with fork_rng("cpu"):
         torch.manual_seed(0)
         net = torch.nn.Sequential(
             torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.GroupNorm(8, 64), torch.nn.SiLU(),

@@ -214,18 +214,10 @@ def build_clip(source: ClipSource, device: str | torch.device = "cpu") -> Clip:
     return Clip(clip_model, tokenizer, preprocess, model, source.weights)
 
 
-def load_clip(
-    model: str,
-    pretrained: str | None = None,
-    architecture: dict[str, Any] | None = None,
-    download: bool = True,
-    cache_dir: str | None = None,
-    connect_timeout: float = 3.0,
-    device: str | torch.device = "cpu",
-) -> Clip:
-    """An open_clip model by name (+ tag or weights file), custom architecture or local dir."""
-    source = find_clip(model, pretrained, architecture, download, cache_dir, connect_timeout)
-    return build_clip(source, device)
+def load_clip(model: str, *args: Any, device: str | torch.device = "cpu", **kwargs: Any) -> Clip:
+    """An open_clip model by name (+ tag or weights file), custom architecture or local dir:
+    find_clip's arguments, built on `device`."""
+    return build_clip(find_clip(model, *args, **kwargs), device)
 
 
 def plain_config(cfg: Any) -> Any:

@@ -175,6 +175,7 @@ class DiffusionModule(pl.LightningModule):
         self.channels_last = channels_last
         self.inpaint_loss = inpaint_loss
         self.config = config  # the resolved run config, stored in every checkpoint
+        self._first_bad: Tensor | None = None  # (step, loss) of the first non-finite loss
         self.edges, self.bucket_names = loss_buckets(diffusion, timestep_buckets)
         # keys are not "train"/"val": nn.Module has a train() method
         self.bucket_loss = nn.ModuleDict(
@@ -317,7 +318,7 @@ class DiffusionModule(pl.LightningModule):
 
     def _note_if_nonfinite(self, loss: Tensor) -> None:
         """Remember the first non-finite loss and its step, on the device (no host read)."""
-        if getattr(self, "_first_bad", None) is None or self._first_bad.device != loss.device:
+        if self._first_bad is None or self._first_bad.device != loss.device:
             self._first_bad = torch.full((2,), -1.0, device=loss.device)  # (step, loss)
         new = ~torch.isfinite(loss) & (self._first_bad[0] < 0)
         here = torch.stack(
@@ -328,7 +329,7 @@ class DiffusionModule(pl.LightningModule):
     def stop_if_nonfinite(self) -> None:
         """Stop every DDP rank together (not only the one that saw it) before a non-finite loss
         reaches a checkpoint; checkpoints on disk stay as they were."""
-        first = getattr(self, "_first_bad", None)
+        first = self._first_bad
         if first is None:
             return
         ranks = (

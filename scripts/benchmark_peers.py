@@ -12,8 +12,8 @@ its own Python process (one after another, never concurrently), on the same 60,0
 training images (../shared/datasets, copied to a temporary root):
 
   ours        `experiment=mnist_class_cfg` (GELU U-Net, class-conditional, classifier-free
-              guidance, cosine betas, T=100, batch 64) through the framework's train() with
-              trainer.max_time; sampled with its configured DDIM and guidance scale.
+              guidance, cosine betas, T=100, v-prediction, batch 64) through the framework's
+              train() with trainer.max_time; sampled with its configured DDIM and guidance scale.
   diffusers   the training loop of diffusers' examples/unconditional_image_generation/
               train_unconditional.py with its defaults (AdamW 1e-4, betas (0.95, 0.999), weight
               decay 1e-6, eps 1e-8, cosine lr with 500 warm-up steps over 100 epochs, EMA 0.9999

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from diffusion_lab.diffusion import GaussianDiffusion, ddim_sample, ddpm_sample, linear_betas
+from diffusion_lab.diffusion import (
+    GaussianDiffusion,
+    cosine_betas,
+    ddim_sample,
+    ddpm_sample,
+    linear_betas,
+)
 from diffusion_lab.diffusion.guidance import keep_known
 from diffusion_lab.diffusion.samplers import ddim_timesteps
 
@@ -47,6 +53,24 @@ def test_prediction_conversions_recover_x0_and_eps(objective):
     x0_hat, eps_hat = d.split_prediction(d.target(x0, t, eps), xt, t)
     assert torch.allclose(x0_hat, x0, atol=1e-4)
     assert torch.allclose(eps_hat, eps, atol=1e-3)
+
+
+def test_on_cosine_betas_at_t100_eps_amplifies_its_error_into_x0_and_v_does_not():
+    """Why mnist_class_cfg predicts v: at T=100 the cosine schedule ends at alpha_bar ~ 2e-7,
+    where the x0 an eps-prediction implies multiplies the prediction's error ~2,000x."""
+    betas = cosine_betas(100)
+    t = torch.full((1000,), 99)
+    x0 = torch.rand(1000, 1, 4, 4) * 2 - 1
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    error = 0.01 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    gaps = {}
+    for objective in ("eps", "v"):
+        d = GaussianDiffusion(betas, objective=objective, clip_x0=False)
+        assert float(d.alpha_bar[99]) < 1e-6
+        xt = d.q_sample(x0, t, eps)
+        x0_hat, _ = d.split_prediction(d.target(x0, t, eps) + error, xt, t)
+        gaps[objective] = float((x0_hat - x0).abs().mean() / error.abs().mean())
+    assert gaps["eps"] > 1000 and gaps["v"] <= 1.0
 
 
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])

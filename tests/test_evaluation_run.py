@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from diffusion_lab.app.evaluate import evaluate, run
 from diffusion_lab.app.hydra_entry import run_task
 from diffusion_lab.app.train import train
+from diffusion_lab.data.patterns import FAMILIES
 
 from .conftest import ROOT, compose_cfg
 
@@ -71,8 +72,13 @@ def test_evaluate_writes_json_markdown_topk_and_tensorboard(tiny_run, tmp_path):
     per_family = saved["clip_family_accuracy_per_family"]
     assert len(per_family) == 8 and 0 <= saved["clip_family_accuracy"] <= 1
     assert sum(per_family.values()) / 8 == pytest.approx(saved["clip_family_accuracy"], abs=1e-3)
+    # the judge's accuracy per family: 3 samples each, averaging to the overall figure
+    by_class = saved["accuracy_per_class"]
+    assert sorted(by_class) == sorted(FAMILIES)
+    assert sum(by_class.values()) / 8 == pytest.approx(saved["accuracy"], abs=1e-6)
     md = (tiny_run / "eval_t1.md").read_text()
     assert "| fid |" in md and "dataset classifier" in md and "| clip_family_accuracy |" in md
+    assert "| accuracy[checkerboard] |" in md
 
     # every sample in the CSV, k per class selected, the selected ones are the class's best
     with open(saved["scores_csv"]) as f:

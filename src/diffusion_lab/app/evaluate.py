@@ -349,6 +349,8 @@ def markdown(results: dict[str, Any]) -> str:
     for k in scores + ("inpaint_acc", "inpaint_mse", "inpaint_psnr"):
         if k in results:
             lines.append(f"| {k} | {results[k]:.4f} |")
+    for k, v in results.get("accuracy_per_class", {}).items():
+        lines.append(f"| accuracy[{k}] | {v:.4f} |")
     for k, v in results.get("clip_prompt_probs", {}).items():
         lines.append(f"| p[{shown_prompt(k)}] | {v:.4f} |")
     for k in ("top_k_png", "scores_csv"):
@@ -501,6 +503,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             results.update({prefix + key: value for key, value in figures.items()})
     if "accuracy" in metrics:
         results["accuracy"] = accuracy(classifier, images.to(device), labels)
+        names = list(dm.class_names) or [str(i) for i in range(k)]
+        results["accuracy_per_class"] = {
+            name: accuracy(classifier, images[labels == c].to(device), labels[labels == c])
+            for c, name in enumerate(names)
+            if bool((labels == c).any())
+        }
     if "clip" in metrics:
         results.update(clip_metrics(cfg, scorer, prompts, run_dir, images, labels))
         if dataset_key(train_cfg) == "patterns" and labels is not None:

@@ -65,6 +65,8 @@ from pathlib import Path  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
+from diffusion_lab.hardware import cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 SYSTEMS = ("ours", "diffusers", "lucidrains")
@@ -185,18 +187,6 @@ def peer_width(system: str, target: int) -> tuple[int, int]:
 
 
 # ---- the machine -----------------------------------------------------------------------------
-def cpu_model(cpuinfo: str | None = None) -> str:
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return platform.processor() or "unknown"
-    for line in cpuinfo.splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def machine() -> dict:
     import diffusers
 
@@ -205,7 +195,7 @@ def machine() -> dict:
     except ImportError:
         lucid_version = None
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -16,18 +16,26 @@ Run it on an otherwise idle machine: the probes compare images per CPU-minute.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from diffusion_lab.hardware import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 
 # name -> (what it changes, overrides). The levers of the default pattern run.
 PROBES: dict[str, tuple[str, list[str]]] = {
-    "baseline": ("the default run: efficient U-Net, x0, uniform t, Adam 1e-3, batch 64", []),
+    "baseline": (
+        "the default run: efficient U-Net, x0, uniform t, Adam 1e-3, batch 64, the CPU's default "
+        "precision",
+        [],
+    ),
+    "fp32": ("float32 where the CPU default is bf16-mixed", ["trainer.precision=32"]),
     "logit_normal": (
         "training t drawn logit-normal, mean 1 (median t = 0.73 T)",
         ["diffusion.timestep_sampling=logit_normal", "diffusion.timestep_mean=1.0"],
@@ -57,16 +65,6 @@ PROBES: dict[str, tuple[str, list[str]]] = {
     "ema0.995": ("EMA decay 0.995 (a 200-step horizon) instead of 0.999", ["ema_decay=0.995"]),
     "self_cond": ("self-conditioning", ["diffusion.self_condition=true"]),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -100,6 +98,7 @@ def probe(name: str, overrides: list[str], args: argparse.Namespace, out: Path) 
         "overrides": overrides,
         "train_seconds": round(train_s, 1),
         "steps": metrics.get("global_step"),
+        "precision": str(OmegaConf.load(run_dir / "config.yaml").trainer.precision),
         "val_loss": metrics.get("val/loss"),
         "images_per_second": metrics.get("train_images_per_sec"),
         "fid": scores.get("fid"),
@@ -114,20 +113,20 @@ def probe(name: str, overrides: list[str], args: argparse.Namespace, out: Path) 
 def table(report: dict) -> str:
     rows = report["probes"]
     names = next(iter(rows.values()))["accuracy_per_class"] or {}
-    head = "| probe | steps | val loss | FID | accuracy | " + " | ".join(names) + " |"
+    head = "| probe | precision | steps | val loss | FID | accuracy | " + " | ".join(names) + " |"
     lines = [
         f"Probes of {report['minutes']:g} training minutes each on {report['cpu']} "
         f"({report['cores']} cores), {report['n']} samples each, one judge; "
         f"base overrides: {report['base'] or 'none (the default run)'}",
         "",
         head,
-        "|---|" + "---:|" * (4 + len(names)),
+        "|---|---|" + "---:|" * (4 + len(names)),
     ]
     for name, r in rows.items():
         per = r["accuracy_per_class"] or {}
         val = "-" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
         lines.append(
-            f"| {name} | {r['steps']} | {val} | {r['fid']:.1f} | {100 * r['accuracy']:.1f}% | "
+            f"| {name} | {r.get('precision', '-')} | {r['steps']} | {val} | {r['fid']:.1f} | {100 * r['accuracy']:.1f}% | "
             + " | ".join(f"{100 * per.get(c, 0):.0f}" for c in names)
             + " |"
         )

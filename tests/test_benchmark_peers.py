@@ -45,11 +45,6 @@ def test_budget_points_end_at_the_budget(peers):
     assert peers.budget_points(0.3, []) == [18]
 
 
-def test_cpu_model_reads_cpuinfo(peers):
-    info = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n"
-    assert peers.cpu_model(info) == "AMD EPYC 7B13"
-
-
 def test_quick_flags(peers, tmp_path):
     args = peers.parse_args(["--quick", "--out", str(tmp_path)])
     assert (args.minutes, args.n, args.n_mid) == (0.3, 64, 0)

@@ -121,7 +121,9 @@ def test_bf16_mixed_trains_on_cpu_and_samples_under_bf16_autocast_where_bf16_is_
         assert seen == expected and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-def test_cpu_precision_defaults_to_bf16_mixed_only_where_the_cpu_has_amx(make_cfg, monkeypatch):
+def test_cpu_precision_defaults_to_bf16_mixed_only_where_bf16_is_measured_fast(
+    make_cfg, monkeypatch
+):
     for fast, expected in ((True, "bf16-mixed"), (False, "32")):
         monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda fast=fast: fast)
         cfg = make_cfg(tiny=False)
@@ -151,6 +153,21 @@ def test_bf16_default_is_measured_once_per_cpu_and_cached(tmp_path, monkeypatch)
         monkeypatch.setattr(hardware, "_conv_step_seconds", lambda bf16: 1 / 0)
         assert hardware.default_cpu_precision() == expected
     hardware.bf16_speedup.cache_clear()
+
+
+def test_cpu_name_tells_hosts_with_the_same_model_name_apart():
+    def info(model: str, flags: str) -> str:
+        block = (
+            f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}"
+        )
+        block += f"\nmodel name\t: AMD EPYC\nflags\t\t: fpu {flags}\n"
+        return "\n".join(block.format(i) for i in range(2))  # two processors, the first read
+
+    zen3 = hardware.cpu_name(info("1", "avx2 fma"))
+    zen4 = hardware.cpu_name(info("17", "avx2 avx512f avx512_bf16"))
+    assert zen3 == "AMD EPYC (family 25 model 1, avx2)"
+    assert zen4 == "AMD EPYC (family 25 model 17, avx512_bf16)"
+    assert hardware.cpu_name("model name\t: Some CPU\n") == "Some CPU"
 
 
 def test_the_calibration_workload_runs_in_both_precisions():

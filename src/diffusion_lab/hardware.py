@@ -30,14 +30,29 @@ def _has_bf16_instructions() -> bool:
         return False
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+# the widest of these a CPU has decides its float32 and bf16 speed
+_VECTOR_UNITS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name with its family / model numbers and widest vector unit, e.g. "AMD
+    EPYC (family 25 model 17, avx512_bf16)": cloud hosts often report just "AMD EPYC" for both
+    a Zen 3 (no bf16) and a Zen 4 (bf16), and figures must say which one ran."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n", 1)[0].splitlines():  # the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = fields.get("flags", "").split()
+    details = [u for u in _VECTOR_UNITS if u in flags][:1]
+    if "cpu family" in fields and "model" in fields:
+        details.insert(0, f"family {fields['cpu family']} model {fields['model']}")
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def calibration_cache() -> Path:

@@ -65,7 +65,7 @@ def sampling_autocast(
 ) -> contextlib.AbstractContextManager:
     """The network under a run's mixed precision (the sampler math stays float32): on a GPU
     16-mixed or bf16-mixed; on the CPU bf16-mixed only where this CPU is fast at bf16 (a
-    checkpoint trained on an AMX machine samples in float32 on one without)."""
+    checkpoint trained in bf16 samples in float32 where bf16 is not measured fast)."""
     precision, device = str(precision or "32"), torch.device(device)
     bf16 = precision.startswith("bf16")
     if "mixed" not in precision or (device.type == "cpu" and not (bf16 and cpu_has_fast_bf16())):
